@@ -1,0 +1,1 @@
+"""bayroute: classify arriving delivery vehicles and route drivers to their loading bay."""
