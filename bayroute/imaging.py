@@ -1,0 +1,323 @@
+"""Safe image decoding: arbitrary uploaded bytes in, the model's uint8 RGB input out.
+
+Decisions, in the order they are applied:
+
+- **Format by magic bytes** (``sniff_format``); the file name or declared content type never matters.
+  Recognised formats we do not decode (HEIC/HEIF, JPEG XL, JPEG 2000, ICO, PSD, SVG) are
+  ``unsupported_format``; bytes that match no image signature are ``not_an_image``.
+- **Pixel limit from the header, before decoding.** ``Image.open`` reads only the header, so a 200-byte
+  PNG that declares 30000x30000 is rejected (``too_many_pixels``) before a single row is inflated.
+  Pillow's own bomb guard (``DecompressionBombError``, and its warning when warnings are errors)
+  maps to the same reason.
+- **Truncation is an error.** PNG and JPEG are checked structurally (a PNG must reach its ``IEND``
+  chunk; a JPEG must have an end-of-image marker after its first scan) before Pillow runs, so the
+  answer does not depend on Pillow's global ``ImageFile.LOAD_TRUNCATED_IMAGES``; any other format
+  that Pillow finds short is ``truncated_image`` too. Other decoder failures are ``corrupt_image``.
+- **JPEG draft mode**: big JPEGs are decoded by libjpeg at 1/2, 1/4 or 1/8 scale, never below
+  ``2 * size`` pixels a side, so a 4000x3000 photo costs a 500x375 decode.
+- **EXIF orientation** is applied; reported dimensions are the picture as displayed.
+- **Any mode to RGB**: 16-bit grayscale keeps its high byte (Pillow's plain conversion would clip it
+  to white); anything with alpha or a transparent colour (RGBA, LA, PA, palette or RGB/L with
+  ``transparency``) is composited on **white**, the usual background of product and cut-out photos;
+  CMYK, palette, 1-bit, YCbCr and the rest go through Pillow's conversion. Animated GIF/WebP/PNG use
+  their first frame.
+- **Squash, don't crop**: the whole frame is resized to ``size x size`` with Lanczos and a reducing
+  gap (a box pre-reduction keeps big images fast). The model was trained on 32x32 CIFAR images that
+  show the whole vehicle; a centre crop of a wide photo can cut the vehicle off, a squash only
+  changes its aspect ratio.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, features
+
+from bayroute.errors import (
+    CorruptImage,
+    EmptyObject,
+    NotAnImage,
+    TooManyPixels,
+    TruncatedImage,
+    UnsupportedImageFormat,
+)
+
+# The project's pixel limit (infra/settings.json limits.max_image_pixels) for callers without settings at hand;
+# a unit test keeps the two equal.
+DEFAULT_MAX_PIXELS = 40_000_000
+# How many leading bytes ``sniff_format`` needs to recognise every signature below.
+SNIFF_BYTES = 64
+# JPEG draft decoding stops at this multiple of the target size, so the final resize still has
+# real pixels to filter rather than libjpeg's blocky 1/8 DCT-only approximation.
+_DRAFT_FACTOR = 2
+# Lanczos after an integer box reduction down to 3x the target size: as sharp as a plain Lanczos
+# resize, several times faster on big inputs.
+_REDUCING_GAP = 3.0
+_ORIENTATION_TAG = 0x0112
+_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
+_WHITE = (255, 255, 255, 255)
+
+# ISO base media file brands (the ``ftyp`` box) of still-image formats.
+_HEIC_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"}
+_HEIF_BRANDS = {b"mif1", b"msf1", b"mif2"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+
+# Sniffed format -> Pillow plugin name, for the formats we decode when this Pillow build can.
+_PILLOW_FORMATS = {
+    "png": "PNG",
+    "jpeg": "JPEG",
+    "gif": "GIF",
+    "webp": "WEBP",
+    "bmp": "BMP",
+    "tiff": "TIFF",
+    "avif": "AVIF",
+}
+
+
+def _pillow_supports(fmt: str) -> bool:
+    Image.init()
+    if _PILLOW_FORMATS[fmt] not in Image.OPEN:
+        return False
+    if fmt in {"webp", "avif"}:
+        return bool(features.check(fmt))
+    if fmt == "jpeg":
+        return bool(features.check_codec("jpg"))
+    if fmt == "png":
+        return bool(features.check_codec("zlib"))
+    return True
+
+
+SUPPORTED_FORMATS: frozenset[str] = frozenset(fmt for fmt in _PILLOW_FORMATS if _pillow_supports(fmt))
+
+
+@dataclass(frozen=True)
+class InputStats:
+    """Facts about one input image, kept with each inference for drift monitoring."""
+
+    original_width: int
+    original_height: int
+    format: str
+    bytes: int
+    brightness: float  # mean gray level of the resized image, 0..1
+    contrast: float  # standard deviation of the gray level of the resized image, 0..1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InputStats:
+        return cls(
+            original_width=int(data["original_width"]),
+            original_height=int(data["original_height"]),
+            format=str(data["format"]),
+            bytes=int(data["bytes"]),
+            brightness=float(data["brightness"]),
+            contrast=float(data["contrast"]),
+        )
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    array: np.ndarray  # uint8 [size, size, 3] RGB: the model input
+    png: bytes  # the same pixels as a lossless PNG: the compact payload passed between steps
+    stats: InputStats
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The image format that these leading bytes announce, or None when no image signature matches."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[:2] == b"BM" and len(head) >= 26:
+        return "bmp"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    if head[4:8] == b"ftyp":
+        return _sniff_ftyp(head)
+    if head.startswith(b"\x00\x00\x00\x0cjP  \r\n\x87\n") or head.startswith(b"\xff\x4f\xff\x51"):
+        return "jpeg2000"
+    if head.startswith(b"\xff\x0a") or head.startswith(b"\x00\x00\x00\x0cJXL \r\n\x87\n"):
+        return "jxl"
+    if head[:4] == b"\x00\x00\x01\x00" and len(head) >= 6 and head[4:6] != b"\x00\x00":
+        return "ico"
+    if head[:4] == b"8BPS":
+        return "psd"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in text):
+        return "svg"
+    return None
+
+
+def _sniff_ftyp(head: bytes) -> str | None:
+    """HEIC, HEIF or AVIF from an ISO-BMFF ``ftyp`` box: major brand first, then compatible brands."""
+    box_size = int.from_bytes(head[0:4], "big")
+    end = min(box_size, len(head)) if box_size >= 16 else len(head)
+    brands = [head[8:12]] + [head[i : i + 4] for i in range(16, end - 3, 4)]
+    for brand in brands:
+        if brand in _AVIF_BRANDS:
+            return "avif"
+        if brand in _HEIC_BRANDS:
+            return "heic"
+    if any(brand in _HEIF_BRANDS for brand in brands):
+        return "heif"
+    return None
+
+
+def prepare_image(data: bytes, *, size: int, max_pixels: int) -> PreparedImage:
+    """Decode any accepted image safely and turn it into the model input, its PNG payload and its stats.
+
+    Raises EmptyObject, NotAnImage, UnsupportedImageFormat, TooManyPixels, TruncatedImage or CorruptImage.
+    """
+    rgb, fmt, (width, height) = _decode_resized_rgb(data, size=size, max_pixels=max_pixels)
+    array = np.asarray(rgb, dtype=np.uint8)
+    buffer = io.BytesIO()
+    rgb.save(buffer, format="PNG", compress_level=9)
+    # ITU-R BT.601 luma, the weights Pillow's "L" conversion uses.
+    gray = array.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    stats = InputStats(
+        original_width=width,
+        original_height=height,
+        format=fmt,
+        bytes=len(data),
+        brightness=round(float(gray.mean()) / 255.0, 6),
+        contrast=round(float(gray.std()) / 255.0, 6),
+    )
+    return PreparedImage(array=array, png=buffer.getvalue(), stats=stats)
+
+
+def decode_png_payload(png: bytes, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """The model input (uint8 [size, size, 3] RGB) for a payload: the serialized PNG, or any accepted image.
+
+    Same checks and errors as ``prepare_image``; a payload already at the model size is not resampled.
+    """
+    rgb, _, _ = _decode_resized_rgb(png, size=size, max_pixels=max_pixels)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def _decode_resized_rgb(data: bytes, *, size: int, max_pixels: int) -> tuple[Image.Image, str, tuple[int, int]]:
+    """(RGB image of size x size, sniffed format, displayed width and height of the original)."""
+    if not data:
+        raise EmptyObject("the object is empty (0 bytes)")
+    fmt = sniff_format(data[:SNIFF_BYTES])
+    if fmt is None:
+        raise NotAnImage(f"content matches no known image signature (first bytes {data[:16]!r})", bytes=len(data))
+    if fmt not in SUPPORTED_FORMATS:
+        raise UnsupportedImageFormat(f"{fmt} images are not supported", format=fmt)
+    truncation = _truncation(fmt, data)
+    if truncation is not None:
+        raise TruncatedImage(truncation, format=fmt, bytes=len(data))
+    try:
+        image = _open(data, fmt, max_pixels)
+        width, height = image.size
+        if fmt == "jpeg":
+            image.draft("RGB", (size * _DRAFT_FACTOR, size * _DRAFT_FACTOR))
+        image.load()
+        orientation = image.getexif().get(_ORIENTATION_TAG)
+        image = ImageOps.exif_transpose(image)
+        rgb = _to_rgb(image)
+        resized = rgb.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=_REDUCING_GAP)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise TooManyPixels(str(exc), format=fmt, max_pixels=max_pixels) from exc
+    except (TooManyPixels, UnsupportedImageFormat):
+        raise
+    except MemoryError as exc:
+        raise TooManyPixels(f"decoding needs more memory than available: {exc}", format=fmt) from exc
+    except Exception as exc:  # Pillow's decoders raise OSError, SyntaxError, ValueError, EOFError, struct.error...
+        message = f"{type(exc).__name__}: {exc}"
+        if "truncated" in str(exc).lower() or isinstance(exc, EOFError):
+            raise TruncatedImage(f"{fmt} data ends early ({message})", format=fmt, bytes=len(data)) from exc
+        raise CorruptImage(f"cannot decode the {fmt} image ({message})", format=fmt, bytes=len(data)) from exc
+    if orientation in _SWAPPING_ORIENTATIONS:
+        width, height = height, width
+    return resized, fmt, (width, height)
+
+
+def _open(data: bytes, fmt: str, max_pixels: int) -> Image.Image:
+    """Read the header only (Pillow decodes lazily) and enforce the pixel limit before any decoding."""
+    image = Image.open(io.BytesIO(data), formats=[_PILLOW_FORMATS[fmt]])
+    width, height = image.size
+    if width * height > max_pixels:
+        raise TooManyPixels(
+            f"the {fmt} header declares {width}x{height} = {width * height} pixels, over the limit of {max_pixels}",
+            format=fmt,
+            width=width,
+            height=height,
+            max_pixels=max_pixels,
+        )
+    return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode.startswith("I;16"):
+        # 16-bit samples: keep the high byte. (Pillow's convert("L") clips every value above 255 to white.)
+        high_bytes = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+        return Image.fromarray(high_bytes, mode="L").convert("RGB")
+    if mode in {"RGBA", "LA", "PA", "RGBa", "La"} or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, _WHITE), rgba).convert("RGB")
+    if mode == "RGB":
+        return image
+    try:
+        return image.convert("RGB")
+    except ValueError as exc:
+        raise UnsupportedImageFormat(f"color mode {mode} cannot be converted to RGB", mode=mode) from exc
+
+
+def _truncation(fmt: str, data: bytes) -> str | None:
+    """Why a PNG or JPEG is structurally cut short, or None (other formats: left to the decoder)."""
+    if fmt == "png":
+        return _png_truncation(data)
+    if fmt == "jpeg":
+        return _jpeg_truncation(data)
+    return None
+
+
+def _png_truncation(data: bytes) -> str | None:
+    position = 8
+    while True:
+        if position + 8 > len(data):
+            return f"PNG data ends at byte {len(data)}, inside a chunk header, before the IEND chunk"
+        length = int.from_bytes(data[position : position + 4], "big")
+        chunk_type = data[position + 4 : position + 8]
+        end = position + 12 + length
+        if end > len(data):
+            return (
+                f"PNG chunk {chunk_type.decode('latin-1')!r} at byte {position} needs {length} data bytes; "
+                f"the file ends at byte {len(data)}"
+            )
+        if chunk_type == b"IEND":
+            return None
+        position = end
+
+
+def _jpeg_truncation(data: bytes) -> str | None:
+    """A JPEG must carry an end-of-image marker after its first scan (thumbnails live in APPn segments, skipped)."""
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return None  # not a marker where one must be: corrupt rather than short; the decoder will say
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # standalone markers carry no length
+            position += 2
+            continue
+        if marker == 0xD9:
+            return None  # end of image before any scan: corrupt, not short
+        segment_end = position + 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+        if marker == 0xDA:
+            if data.find(b"\xff\xd9", segment_end) == -1:
+                return f"JPEG data ends at byte {len(data)} inside the image scan, with no end-of-image marker"
+            return None
+        position = segment_end
+    return f"JPEG data ends at byte {len(data)}, before the first image scan"
