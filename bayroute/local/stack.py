@@ -1,0 +1,212 @@
+"""The local embedded stack: moto as AWS, the Lambda handlers in-process, our model endpoint server.
+
+One process, no Docker, no account. moto's server provides S3, SQS, SNS, EventBridge, CloudWatch,
+DynamoDB and runs ``infra/statemachine/workflow.asl.json`` with its Step Functions interpreter; the Lambda
+Invoke API on the same port runs the very handlers that AWS runs (see ``lambda_api``). Two facts of moto
+shape the rest: EventBridge delivers only to SQS targets (so inbox events reach ingest through a queue
+that the dispatcher polls, as a Lambda event source mapping would), and its interpreter reaches every
+service at ``http://localhost:$MOTO_PORT``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from bayroute.config import Settings
+from bayroute.local.dispatcher import SqsDispatcher
+from bayroute.local.lambda_api import REGION, Handler, LambdaInvokeMiddleware, LocalFunction
+from bayroute.local.provision import Resources, provision
+
+LOOPBACK = "127.0.0.1"
+
+
+def default_handlers(settings: Settings) -> dict[str, Handler]:
+    """The deployed functions' handlers, by function name (imported here: they read env at import)."""
+    from services.infer.handler import handler as infer
+    from services.ingest.handler import handler as ingest
+    from services.serialize.handler import handler as serialize
+    from services.threshold.handler import handler as threshold
+
+    names = settings.names
+    return {
+        names.ingest_function: ingest,
+        names.serialize_function: serialize,
+        names.infer_function: infer,
+        names.threshold_function: threshold,
+    }
+
+
+@dataclass(frozen=True)
+class StackAddresses:
+    aws_endpoint_url: str
+    model_endpoint_url: str
+
+
+class LocalStack:
+    """Start with ``start()`` (or as a context manager); ``stop()`` undoes everything, environment included."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        aws_port: int = 0,
+        handlers: Mapping[str, Handler] | None = None,
+        start_model_endpoint: bool = True,
+        model_endpoint_port: int = 0,
+    ) -> None:
+        self.settings = settings
+        self._aws_port = aws_port
+        self._handlers = handlers
+        self._start_model_endpoint = start_model_endpoint
+        self._model_endpoint_port = model_endpoint_port
+        self._server: BaseWSGIServer | None = None
+        self._server_thread: threading.Thread | None = None
+        self._model_server: Any = None
+        self._dispatcher: SqsDispatcher | None = None
+        self._saved_env: dict[str, str | None] = {}
+        self.functions: dict[str, LocalFunction] = {}
+        self.resources: Resources | None = None
+        self.session: boto3.Session | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def start(self) -> StackAddresses:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> StackAddresses:
+        model_url = self._start_model_server() if self._start_model_endpoint else self.settings.endpoint_url
+        self.settings = self.settings.with_endpoint_url(model_url)
+        # The middleware needs the function table before the server takes requests, and the handlers
+        # read the environment when imported: so bind the socket first, then set the environment.
+        self._server = make_server(
+            LOOPBACK, self._aws_port, _LateBoundApp(), threaded=True, request_handler=_QuietRequestHandler
+        )
+        aws_url = f"http://{LOOPBACK}:{self._server.server_port}"
+        self._set_environment(aws_url)
+        handlers = self._handlers if self._handlers is not None else default_handlers(self.settings)
+        self.functions = {name: LocalFunction(name, handler) for name, handler in handlers.items()}
+        app = LambdaInvokeMiddleware(DomainDispatcherApplication(create_backend_app), self.functions)
+        self._server.app = app
+        self._server_thread = threading.Thread(target=self._server.serve_forever, name="moto", daemon=True)
+        self._server_thread.start()
+        _post_json(f"{aws_url}/moto-api/config", {"stepfunctions": {"execute_state_machine": True}})
+
+        self.session = boto3.Session(region_name=REGION)
+        self.resources = provision(self.session, self.settings, {name: fn.arn for name, fn in self.functions.items()})
+        ingest = self.functions.get(self.settings.names.ingest_function)
+        if ingest is not None:
+            self._dispatcher = SqsDispatcher(
+                self.session.client("sqs"), self.resources.ingest_queue_url, ingest, self.session.region_name
+            )
+            self._dispatcher.start()
+        return StackAddresses(aws_endpoint_url=aws_url, model_endpoint_url=model_url)
+
+    def stop(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.stop()
+            self._dispatcher = None
+        if self._server is not None:
+            if self._server_thread is not None:
+                self._server.shutdown()
+                self._server_thread.join(timeout=10)
+            self._server.server_close()
+            self._server = None
+        if self._model_server is not None:
+            self._model_server.stop()
+            self._model_server = None
+        self._restore_environment()
+
+    # -- pieces ----------------------------------------------------------------------------------------
+
+    @property
+    def aws_endpoint_url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the local stack is not running")
+        return f"http://{LOOPBACK}:{self._server.server_port}"
+
+    def client(self, service: str) -> Any:
+        if self.session is None:
+            raise RuntimeError("the local stack is not running")
+        return self.session.client(service)
+
+    def _start_model_server(self) -> str:
+        from bayroute.endpoint_server import ModelServer
+        from bayroute.model.onnx_model import OnnxClassifier
+
+        model = OnnxClassifier(self.settings.model_path)
+        self._model_server = ModelServer(
+            model, LOOPBACK, self._model_endpoint_port, max_request_bytes=self.settings.limits.max_request_bytes
+        )
+        self._model_server.start()
+        return str(self._model_server.url)
+
+    def _set_environment(self, aws_url: str) -> None:
+        port = aws_url.rsplit(":", 1)[1]
+        values = {
+            "AWS_ENDPOINT_URL": aws_url,
+            "MOTO_PORT": port,
+            "AWS_ACCESS_KEY_ID": "local",
+            "AWS_SECRET_ACCESS_KEY": "local",
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_REGION": REGION,
+            # Local handlers log and count, but X-Ray and CloudWatch EMF have nowhere to go.
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            "POWERTOOLS_METRICS_DISABLED": "true",
+            "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING"),
+            **self.settings.to_env(),
+        }
+        for key, value in values.items():
+            self._saved_env.setdefault(key, os.environ.get(key))
+            os.environ[key] = value
+
+    def _restore_environment(self) -> None:
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved_env.clear()
+
+
+class _QuietRequestHandler(MotoRequestHandler):
+    """moto's request handler without an access-log line per request (thousands per batch)."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        return None
+
+
+class _LateBoundApp:
+    """Placeholder WSGI app until the real one is attached; answers 503 if called too early."""
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+        return [b"local stack starting"]
+
+
+def _post_json(url: str, body: dict[str, Any]) -> None:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read()
