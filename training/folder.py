@@ -7,7 +7,7 @@ label indices are stable across machines.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,11 +41,16 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def load_folder_dataset(root: Path, *, size: tuple[int, int] | None = None) -> FolderDataset:
+def load_folder_dataset(
+    root: Path, *, size: tuple[int, int] | None = None, decode: Callable[[Path], np.ndarray] | None = None
+) -> FolderDataset:
     """Read every image under ``root/<class>/``.
 
     All images must share one size unless ``size`` (height, width) is given, in which case each image is
-    resized to it. Hidden folders (``.cache``...) are skipped; other files in a class folder are ignored.
+    resized to it (bilinear). ``decode`` replaces the reading of one file (the evaluator passes the serving
+    path's decoder so that evaluation sees what the service sees); it raises OSError or ValueError for a bad
+    file, reported with the file's path.
+    Hidden folders (``.cache``...) are skipped; other files in a class folder are ignored.
     """
     root = Path(root)
     if not root.is_dir():
@@ -67,7 +72,7 @@ def load_folder_dataset(root: Path, *, size: tuple[int, int] | None = None) -> F
             suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
             raise FolderDatasetError(f"class folder {class_dir} holds no images ({suffixes})")
         for path in files:
-            arrays.append(_read_rgb(path, size))
+            arrays.append(_read_rgb(path, size) if decode is None else _decoded(decode, path))
             labels.append(label)
             paths.append(path)
 
@@ -114,6 +119,16 @@ def _read_rgb(path: Path, size: tuple[int, int] | None) -> np.ndarray:
     if size is not None and rgb.size != (size[1], size[0]):
         rgb = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     return np.asarray(rgb, dtype=np.uint8)
+
+
+def _decoded(decode: Callable[[Path], np.ndarray], path: Path) -> np.ndarray:
+    try:
+        array = decode(path)
+    except (OSError, ValueError) as exc:  # the decoder's contract: a bad file raises one of these
+        raise FolderDatasetError(f"cannot read image {path}: {exc}") from exc
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] != 3:
+        raise FolderDatasetError(f"decoding {path} gave {array.dtype} {array.shape}, not uint8 [H, W, 3]")
+    return array
 
 
 def _check_same_shape(arrays: list[np.ndarray], paths: list[Path]) -> None:

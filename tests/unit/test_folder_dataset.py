@@ -113,3 +113,22 @@ def test_real_shared_data_labels_come_from_folders() -> None:
     # Motorcycle photos whose CIFAR file name says "bike": a file-name rule would call them bicycles.
     assert len(bike_named_motorcycles) == 6  # the README says seven; the folder holds six
     assert all(p.parent.name == "motorcycle" for p in bike_named_motorcycles)
+
+
+def test_custom_decoder_is_used_and_its_errors_name_the_file(tmp_path: Path) -> None:
+    _save(tmp_path / "a" / "x.png", (1, 2, 3))
+    _save(tmp_path / "b" / "y.png", (4, 5, 6))
+
+    def constant(path: Path) -> np.ndarray:
+        return np.full((2, 2, 3), 7 if path.parent.name == "a" else 9, dtype=np.uint8)
+
+    dataset = load_folder_dataset(tmp_path, decode=constant)
+    assert dataset.images.shape == (2, 2, 2, 3) and dataset.images[:, 0, 0, 0].tolist() == [7, 9]
+
+    def failing(path: Path) -> np.ndarray:
+        raise ValueError("too_many_pixels")
+
+    with pytest.raises(FolderDatasetError, match=r"cannot read image .*x.png: too_many_pixels"):
+        load_folder_dataset(tmp_path, decode=failing)
+    with pytest.raises(FolderDatasetError, match=r"gave float64 \(2, 2\)"):
+        load_folder_dataset(tmp_path, decode=lambda path: np.zeros((2, 2)))
