@@ -44,12 +44,16 @@ class LocalFunction:
 
     @property
     def arn(self) -> str:
-        return f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{self.name}"
+        return function_arn(self.name)
 
     def count(self, failed: bool) -> None:
         with self._lock:
             self.invocations += 1
             self.errors += int(failed)
+
+
+def function_arn(name: str) -> str:
+    return f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{name}"
 
 
 class LambdaContext:

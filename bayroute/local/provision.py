@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bayroute.config import REPO_ROOT, Settings
+from bayroute.local.lambda_api import function_arn
 
 WORKFLOW_DEFINITION = REPO_ROOT / "infra" / "statemachine" / "workflow.asl.json"
 SUBSTITUTION = re.compile(r"\$\{(?P<name>[A-Za-z0-9_]+)\}")
@@ -33,13 +34,11 @@ def render_definition(template: str, substitutions: dict[str, str]) -> str:
     return SUBSTITUTION.sub(lambda m: substitutions[m["name"]], template)
 
 
-def workflow_substitutions(
-    settings: Settings, function_arns: dict[str, str], dead_letter_queue_url: str
-) -> dict[str, str]:
+def workflow_substitutions(settings: Settings, dead_letter_queue_url: str) -> dict[str, str]:
     return {
-        "SerializeFunctionArn": function_arns[settings.names.serialize_function],
-        "InferFunctionArn": function_arns[settings.names.infer_function],
-        "ThresholdFunctionArn": function_arns[settings.names.threshold_function],
+        "SerializeFunctionArn": function_arn(settings.names.serialize_function),
+        "InferFunctionArn": function_arn(settings.names.infer_function),
+        "ThresholdFunctionArn": function_arn(settings.names.threshold_function),
         "DeadLetterQueueUrl": dead_letter_queue_url,
         "EventBusName": settings.names.event_bus,
         "EventSource": settings.events.source,
@@ -73,9 +72,7 @@ class Resources:
     state_machine_arn: str
 
 
-def provision(
-    session: Any, settings: Settings, function_arns: dict[str, str], definition_path: Path = WORKFLOW_DEFINITION
-) -> Resources:
+def provision(session: Any, settings: Settings, definition_path: Path = WORKFLOW_DEFINITION) -> Resources:
     """Create (or find, when they exist) every resource of the stack. ``session`` is a boto3 Session."""
     names = settings.names
     s3 = session.client("s3")
@@ -138,7 +135,7 @@ def provision(
     _create_idempotency_table(session.client("dynamodb"), names.idempotency_table)
 
     definition = render_definition(
-        definition_path.read_text(encoding="utf-8"), workflow_substitutions(settings, function_arns, dead_letter_url)
+        definition_path.read_text(encoding="utf-8"), workflow_substitutions(settings, dead_letter_url)
     )
     state_machine_arn = _create_state_machine(session.client("stepfunctions"), names.state_machine, definition)
     return Resources(

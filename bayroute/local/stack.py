@@ -113,7 +113,7 @@ class LocalStack:
         _post_json(f"{aws_url}/moto-api/config", {"stepfunctions": {"execute_state_machine": True}})
 
         self.session = boto3.Session(region_name=REGION)
-        self.resources = provision(self.session, self.settings, {name: fn.arn for name, fn in self.functions.items()})
+        self.resources = provision(self.session, self.settings)
         ingest = self.functions.get(self.settings.names.ingest_function)
         if ingest is not None:
             self._dispatcher = SqsDispatcher(
