@@ -252,3 +252,44 @@ def test_a_file_that_is_not_a_whole_tarball_is_rejected(payload: bytes, message:
     path.write_bytes(payload)
     with pytest.raises(CifarFormatError, match=message):
         load_vehicles(path)
+
+
+def test_data_fetch_and_export_commands(server: FakeServer, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from bayroute.commands.data import app
+    from training.folder import load_folder_dataset
+    from training.lst import parse_lst
+
+    runner = CliRunner()
+    source = ["--cache", str(tmp_path / "cache"), "--url", server.url, "--md5", ARCHIVE_MD5, "--no-progress"]
+    result = runner.invoke(app, ["fetch", *source])
+    assert result.exit_code == 0, result.output
+    assert "train: 2 bicycle, 3 motorcycle" in result.output
+    fetched = tmp_path / "cache" / "cifar100-vehicles"
+    train = load_folder_dataset(fetched / "train")
+    assert [p.name for p in train.paths] == [
+        "train_000000.png",
+        "train_000005.png",
+        "train_000002.png",
+        "train_000003.png",
+        "train_000007.png",
+    ]
+    assert np.array_equal(train.images, TRAIN_IMAGES[[0, 5, 2, 3, 7]])
+    assert load_folder_dataset(fetched / "test").class_counts() == {"bicycle": 1, "motorcycle": 1}
+    index = (fetched / "CIFAR_INDEX.tsv").read_text().splitlines()
+    assert index[0] == "split\tclass\tfilename\tcifar100_index_in_split\tfine_label"
+    assert index[1:3] == ["train\tbicycle\ttrain_000000.png\t0\t8", "train\tmotorcycle\ttrain_000002.png\t2\t48"]
+    assert index[-1] == "test\tbicycle\ttest_000002.png\t2\t8"
+
+    assert runner.invoke(app, ["fetch", *source]).exit_code == 1  # refuses to overwrite
+    assert runner.invoke(app, ["fetch", *source, "--force"]).exit_code == 0
+
+    out = tmp_path / "lst"
+    result = runner.invoke(app, ["export", "--format", "lst", "--out", str(out), "--source", "cifar", *source])
+    assert result.exit_code == 0, result.output
+    assert "3 train, 2 validation" in result.output  # one of each class held out
+    validation = parse_lst((out / "validation_lst" / "validation.lst").read_text())
+    assert sorted(e.label for e in validation) == [0, 1]
+    assert all((out / "validation" / e.path).is_file() for e in validation)
+    assert not any("test_" in p.name for p in out.rglob("*.png"))  # the held-out test split is never exported
