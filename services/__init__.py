@@ -1,0 +1,1 @@
+"""The Lambda functions: one thin handler per workflow step, over the logic in ``bayroute.steps``."""

@@ -1,0 +1,1 @@
+"""The infer Lambda function (entry point: ``services.infer.handler.handler``)."""

@@ -1,0 +1,1 @@
+"""The ingest Lambda function (entry point: ``services.ingest.handler.handler``)."""

@@ -1,0 +1,1 @@
+"""The serialize Lambda function (entry point: ``services.serialize.handler.handler``)."""

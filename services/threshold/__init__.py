@@ -1,0 +1,1 @@
+"""The threshold Lambda function (entry point: ``services.threshold.handler.handler``)."""
