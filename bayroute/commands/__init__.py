@@ -1,0 +1,1 @@
+"""CLI command implementations, mounted on the typer app by ``bayroute.cli``."""
