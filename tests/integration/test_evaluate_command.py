@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from bayroute.commands.evaluate import evaluate_command
 from bayroute.imaging import decode_png_payload
 from bayroute.model.metrics import classification_report, threshold_for_precision
+from bayroute.model.onnx_model import OnnxClassifier
 from tests.fixtures_model import DEFAULT_MODEL, build_tiny_model, tiny_expected
 from training.split import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, stratified_split
 
@@ -149,7 +150,14 @@ def test_human_output(tmp_path: Path, tiny_model: Path) -> None:
     not (DEFAULT_MODEL.is_file() and SHARED_TRAIN.is_dir()),
     reason="needs models/default/model.onnx and the shared data",
 )
-def test_default_model_on_its_validation_split() -> None:
+def test_default_model_reproduces_its_recorded_validation_metrics() -> None:
+    """Serving decoder + ONNX Runtime + the recorded split give the numbers training measured in PyTorch."""
     report = _run("--data", str(SHARED_TRAIN), "--split", "val")
     assert report["model"] == str(DEFAULT_MODEL)
-    assert report["accuracy"] >= 0.9  # type: ignore[operator]
+    recorded = OnnxClassifier(DEFAULT_MODEL).info.json_field("training")["validation"]
+    assert report["n"] == recorded["n"]
+    assert report["confusion_matrix"] == recorded["confusion_matrix"]
+    for threshold, row in recorded["thresholds"].items():
+        assert report["thresholds"][threshold] == pytest.approx(row)  # type: ignore[index]
+    assert report["nll"] == pytest.approx(recorded["nll"], abs=1e-4)
+    assert report["ece"] == pytest.approx(recorded["ece"], abs=1e-4)
