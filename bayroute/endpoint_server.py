@@ -43,13 +43,15 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bayroute.errors import WorkflowError
 from bayroute.imaging import DEFAULT_MAX_PIXELS, decode_png_payload
-from bayroute.model.onnx_model import OnnxClassifier
+
+if TYPE_CHECKING:  # the contract helpers above the server are used where ONNX Runtime is not installed
+    from bayroute.model.onnx_model import OnnxClassifier
 
 log = logging.getLogger(__name__)
 

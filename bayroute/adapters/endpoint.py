@@ -36,7 +36,7 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bayroute.config import Settings
 from bayroute.endpoint_server import (
@@ -50,7 +50,9 @@ from bayroute.endpoint_server import (
 )
 from bayroute.errors import EndpointThrottled, EndpointUnavailable, ModelError
 from bayroute.imaging import DEFAULT_MAX_PIXELS
-from bayroute.model.onnx_model import OnnxClassifier
+
+if TYPE_CHECKING:  # ONNX Runtime is loaded only by the in-process backend
+    from bayroute.model.onnx_model import OnnxClassifier
 
 SUM_TOLERANCE = 1e-3
 _ERROR_BODY_CHARS = 300
@@ -322,5 +324,7 @@ def endpoint_from_settings(settings: Settings, *, sagemaker_client: Any = None) 
             settings.names.endpoint_name, sagemaker_client, timeout=settings.endpoint_timeout_seconds
         )
     if backend == "lambda":
+        from bayroute.model.onnx_model import OnnxClassifier
+
         return InProcessEndpoint(OnnxClassifier(settings.model_path), max_pixels=settings.limits.max_image_pixels)
     raise ValueError(f"unknown inference backend {backend!r}; expected http, sagemaker or lambda")
