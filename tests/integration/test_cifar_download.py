@@ -6,6 +6,7 @@ import hashlib
 import io
 import pickle
 import re
+import struct
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -199,6 +200,47 @@ def test_complete_partial_is_finished_by_a_416(server: FakeServer, tmp_path: Pat
     dest = download_file(server.url, tmp_path / "a.tar.gz", ARCHIVE_MD5, attempts=1, show_progress=False)
     assert dest.read_bytes() == ARCHIVE
     assert server.range_headers == [f"bytes={len(ARCHIVE)}-"]
+
+
+def _py2(obj: object) -> bytes:
+    """Pickle opcodes as Python 2 with numpy 1.x wrote them (the official archive): str as STRING opcodes, arrays
+    through ``numpy.core.multiarray._reconstruct``. Only the types the CIFAR pickles contain."""
+    if isinstance(obj, bytes):
+        return b"U" + bytes([len(obj)]) + obj if len(obj) < 256 else b"T" + struct.pack("<i", len(obj)) + obj
+    if isinstance(obj, bool):
+        return b"\x88" if obj else b"\x89"
+    if isinstance(obj, int):
+        return b"K" + bytes([obj]) if 0 <= obj < 256 else b"J" + struct.pack("<i", obj)
+    if obj is None:
+        return b"N"
+    if isinstance(obj, list):
+        return b"](" + b"".join(map(_py2, obj)) + b"e"
+    if isinstance(obj, tuple):
+        return b"(" + b"".join(map(_py2, obj)) + b"t"
+    if isinstance(obj, dict):
+        return b"}(" + b"".join(_py2(k) + _py2(v) for k, v in obj.items()) + b"u"
+    assert isinstance(obj, np.ndarray) and obj.dtype == np.uint8
+    dtype = b"cnumpy\ndtype\n" + _py2(b"u1") + b"\x89\x88\x87R" + _py2((3, b"|", None, None, None, -1, -1, 0)) + b"b"
+    state = b"(" + _py2(1) + _py2(obj.shape) + dtype + b"\x89" + _py2(obj.tobytes()) + b"t"
+    return (
+        b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + _py2((0,)) + _py2(b"b") + b"\x87R" + state + b"b"
+    )
+
+
+def test_pickles_written_by_python2_and_numpy1_load(tmp_path: Path) -> None:
+    def split(images: np.ndarray, fine: list[int], prefix: str) -> bytes:
+        data = images.transpose(0, 3, 1, 2).reshape(len(images), 3072)
+        names = [f"{prefix}_{i:06d}.png".encode() for i in range(len(fine))]
+        return b"\x80\x02" + _py2({b"data": data, b"fine_labels": fine, b"filenames": names}) + b"."
+
+    path = tmp_path / "py2.tar.gz"
+    meta = b"\x80\x02" + _py2({b"fine_label_names": FINE_LABEL_NAMES}) + b"."
+    train, test = split(TRAIN_IMAGES, TRAIN_FINE, "train"), split(TEST_IMAGES, TEST_FINE, "test")
+    assert pickle.loads(train, encoding="bytes")[b"fine_labels"] == TRAIN_FINE  # the opcodes are a valid pickle
+    path.write_bytes(_tarball({"meta": meta, "train": train, "test": test}))
+    splits = load_vehicles(path)
+    assert np.array_equal(splits["train"].images, TRAIN_IMAGES[[0, 2, 3, 5, 7]])
+    assert splits["test"].filenames == ["test_000000.png", "test_000002.png"]
 
 
 def test_http_error_is_reported(server: FakeServer, tmp_path: Path) -> None:
