@@ -111,7 +111,7 @@ def test_real_shared_data_labels_come_from_folders() -> None:
         if p.name.startswith("bike_s_") and label == motorcycle
     ]
     # Motorcycle photos whose CIFAR file name says "bike": a file-name rule would call them bicycles.
-    assert len(bike_named_motorcycles) == 6  # the README says seven; the folder holds six
+    assert len(bike_named_motorcycles) == 6  # train/ holds six (the README says seven)
     assert all(p.parent.name == "motorcycle" for p in bike_named_motorcycles)
 
 
