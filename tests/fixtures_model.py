@@ -5,7 +5,8 @@ It lets endpoint tests run without the trained model: input ``images`` uint8 [N,
 Its rule is visible: reddish images lean "bicycle", bluish ones "motorcycle" (softmax of the mean
 red-minus-blue difference), so tests can predict its answer.
 
-Import the fixtures into a test module: ``from tests.fixtures_model import model_path, tiny_model_path``.
+Import the fixtures into a test module: ``from tests.fixtures_model import model_fixture, tiny_model_fixture``;
+tests then ask for ``model_path`` (the committed model when present) or ``tiny_model_path``.
 """
 
 from __future__ import annotations
@@ -65,12 +66,12 @@ def tiny_expected(image: np.ndarray) -> np.ndarray:
     return exp / exp.sum()
 
 
-@pytest.fixture(scope="session")
-def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="session", name="tiny_model_path")
+def tiny_model_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model.onnx")
 
 
-@pytest.fixture(scope="session")
-def model_path(tiny_model_path: Path) -> Path:
+@pytest.fixture(scope="session", name="model_path")
+def model_fixture(tiny_model_path: Path) -> Path:
     """The committed default model when present, otherwise the tiny contract model."""
     return DEFAULT_MODEL if DEFAULT_MODEL.is_file() else tiny_model_path

@@ -33,14 +33,14 @@ from bayroute.config import load_settings
 from bayroute.endpoint_server import CUSTOM_ATTRIBUTES_HEADER, ModelServer, format_custom_attributes
 from bayroute.errors import EndpointThrottled, EndpointUnavailable, ModelError, WorkflowError
 from bayroute.model.onnx_model import OnnxClassifier
-from tests.fixtures_model import model_path, tiny_model_path  # noqa: F401  (pytest fixtures)
+from tests.fixtures_model import model_fixture, tiny_model_fixture  # noqa: F401  (pytest fixtures)
 from tests.hostile import encode, truncated_png
 
 ATTRIBUTES = format_custom_attributes("fake-7", ["bicycle", "motorcycle"])
 
 
 @pytest.fixture(scope="module")
-def classifier(model_path: Path) -> OnnxClassifier:  # noqa: F811
+def classifier(model_path: Path) -> OnnxClassifier:
     return OnnxClassifier(model_path)
 
 
@@ -363,7 +363,7 @@ def test_sagemaker_endpoint_unreachable_is_unavailable() -> None:
         SageMakerEndpoint("bayroute-endpoint", client).invoke(b"png", "image/png")
 
 
-def test_endpoint_from_settings_picks_the_backend(tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+def test_endpoint_from_settings_picks_the_backend(tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
     settings = load_settings(env={})
     http_endpoint = endpoint_from_settings(replace(settings, inference_backend="http"))

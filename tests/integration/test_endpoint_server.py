@@ -30,14 +30,14 @@ from bayroute.endpoint_server import (
     parse_custom_attributes,
 )
 from bayroute.model.onnx_model import OnnxClassifier
-from tests.fixtures_model import model_path, tiny_model_path  # noqa: F401  (pytest fixtures)
+from tests.fixtures_model import model_fixture, tiny_model_fixture  # noqa: F401  (pytest fixtures)
 from tests.hostile import OK, HostileCase, encode, hostile_cases
 
 MAX_REQUEST_BYTES = 6 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def classifier(model_path: Path) -> OnnxClassifier:  # noqa: F811
+def classifier(model_path: Path) -> OnnxClassifier:
     return OnnxClassifier(model_path)
 
 
@@ -339,7 +339,7 @@ def test_custom_attributes_round_trip_odd_characters() -> None:
         format_custom_attributes("v", ["x" * 1100])
 
 
-def test_bayroute_serve_runs_in_the_foreground_until_sigterm(tiny_model_path: Path) -> None:  # noqa: F811
+def test_bayroute_serve_runs_in_the_foreground_until_sigterm(tiny_model_path: Path) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "bayroute.commands.serve", "--model", str(tiny_model_path), "--port", "0"],
         cwd=REPO_ROOT,
