@@ -1,0 +1,62 @@
+"""infer: a workflow task. ``{"request", "image", "input_stats"}`` → the prediction, plus one data-capture record.
+
+The endpoint backend comes from the settings (``http``: our endpoint server; ``sagemaker``: a deployed
+endpoint; ``lambda``: the model in this process) and is created once per process. ``EndpointUnavailable``
+and ``EndpointThrottled`` fail the invocation under those names, which the workflow retries with backoff.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from bayroute.adapters.aws import ObjectStore, aws_client, per_environment
+from bayroute.adapters.endpoint import endpoint_from_settings
+from bayroute.capture import CaptureWriter
+from bayroute.config import load_settings
+from bayroute.errors import WorkflowError
+from bayroute.steps.infer import Infer
+
+SERVICE = "bayroute-infer"
+logger = Logger(service=SERVICE)
+tracer = Tracer(service=SERVICE)
+metrics = Metrics(namespace="bayroute", service=SERVICE)
+
+
+@per_environment
+def infer() -> Infer:
+    settings = load_settings()
+    names = settings.names
+    s3 = aws_client("s3")
+    capture = CaptureWriter(
+        s3, names.capture_bucket, settings.prefixes.capture, names.endpoint_name, names.endpoint_variant
+    )
+    return Infer(settings, endpoint=endpoint_from_settings(settings), staging=ObjectStore(s3), capture=capture)
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics(raise_on_empty_metrics=False)
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    try:
+        prediction = infer().run(event)
+    except WorkflowError as error:
+        metrics.add_metric(name="InferenceErrors", unit=MetricUnit.Count, value=1)
+        log = logger.warning if error.transient else logger.error
+        log("inference failed", extra={"reason": error.reason, "detail": error.detail, "facts": error.facts})
+        raise
+    metrics.add_metric(name="Inferences", unit=MetricUnit.Count, value=1)
+    metrics.add_metadata(key="model_version", value=prediction["model_version"])
+    logger.info(
+        "inferred",
+        extra={
+            "inference_id": prediction["inference_id"],
+            "class": prediction["top_class"],
+            "confidence": prediction["confidence"],
+            "model_version": prediction["model_version"],
+        },
+    )
+    return prediction
