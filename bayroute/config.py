@@ -40,6 +40,7 @@ class Names:
     infer_function: str
     threshold_function: str
     monitor_function: str
+    oncall_queue: str
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,14 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Monitoring:
+    namespace: str
+    window_seconds: int
+    schedule: str
+    watermark_key: str
+
+
+@dataclass(frozen=True)
 class Settings:
     names: Names
     prefixes: Prefixes
@@ -84,6 +93,7 @@ class Settings:
     endpoint_port: int
     endpoint_timeout_seconds: float
     inference_backend: str
+    monitoring: Monitoring
     # Full URL of the model endpoint for the "http" backend; derived from host and port when unset.
     endpoint_url_override: str | None = field(default=None)
 
@@ -165,6 +175,7 @@ def load_settings(env: Mapping[str, str] | None = None, path: Path = SETTINGS_FI
         endpoint_port=int(raw["endpoint"]["port"]),
         endpoint_timeout_seconds=float(raw["endpoint"]["timeout_seconds"]),
         inference_backend=backend,
+        monitoring=Monitoring(**_override(raw["monitoring"], env)),
         endpoint_url_override=env.get(f"{ENV_PREFIX}ENDPOINT_URL"),
     )
 

@@ -83,6 +83,7 @@ def running_stack(
     *,
     aws_port: int = 0,
     model_endpoint_port: int = 0,
+    start_model_endpoint: bool = True,
     on_settled: Callable[[Path, dict[str, Any]], None] | None = None,
 ) -> Iterator[tuple[LocalStack, InboxFolder]]:
     """The stack and the inbox folder, started; stopped and the state file removed on exit."""
@@ -93,7 +94,12 @@ def running_stack(
         pass
     else:
         raise StackAlreadyRunning(f"a local stack already runs in {workdir} (pid {existing.pid})")
-    stack = LocalStack(settings, aws_port=aws_port, model_endpoint_port=model_endpoint_port)
+    stack = LocalStack(
+        settings,
+        aws_port=aws_port,
+        model_endpoint_port=model_endpoint_port,
+        start_model_endpoint=start_model_endpoint,
+    )
     addresses = stack.start()
     folder: InboxFolder | None = None
     state_file = state_path(workdir)
