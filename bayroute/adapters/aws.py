@@ -110,7 +110,7 @@ class ObjectStore:
     def read(
         self, bucket: str, key: str, *, max_bytes: int, version_id: str | None = None, etag: str | None = None
     ) -> bytes:
-        """The whole object, pinned to ``version_id`` (or to ``etag`` when unversioned); at most ``max_bytes``."""
+        """The whole object, pinned to ``etag`` (else ``version_id``, see ``_object_params``); at most ``max_bytes``."""
         params = _object_params(bucket, key, version_id=version_id, etag=etag)
         try:
             response = self._s3.get_object(**params)
@@ -170,11 +170,17 @@ class ObjectStore:
 
 
 def _object_params(bucket: str, key: str, *, version_id: str | None, etag: str | None) -> dict[str, str]:
+    """Pin a read to the admitted content: the current object must still carry ``etag`` (IfMatch).
+
+    IfMatch rather than VersionId, so that a deleted object reads as missing in a versioned bucket too (a
+    version stays readable behind its delete marker), and a replaced one as replaced; the replacement has an
+    event, and a run, of its own. The version pins the read only when no eTag is known.
+    """
     params = {"Bucket": bucket, "Key": key}
-    if version_id:
-        params["VersionId"] = version_id
-    elif etag:
+    if etag:
         params["IfMatch"] = f'"{etag.strip(chr(34))}"'
+    elif version_id:
+        params["VersionId"] = version_id
     return params
 
 

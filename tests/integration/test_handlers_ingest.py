@@ -97,8 +97,13 @@ def test_rejected_objects_are_dead_lettered_and_announced_once(
     assert event["detail"] == message
 
 
-def test_an_object_deleted_before_it_is_read_is_dead_lettered_as_missing(world: MotoWorld) -> None:
+@pytest.mark.parametrize("versioned", [False, True], ids=["unversioned", "versioned"])
+def test_an_object_deleted_before_it_is_read_is_dead_lettered_as_missing(world: MotoWorld, versioned: bool) -> None:
     world.create_state_machine()
+    if versioned:  # the deleted version stays readable behind its delete marker: it must not be processed
+        world.s3.put_bucket_versioning(
+            Bucket=world.settings.names.inbox_bucket, VersioningConfiguration={"Status": "Enabled"}
+        )
     world.put("gone.png", png_bytes())
     world.s3.delete_object(Bucket=world.settings.names.inbox_bucket, Key="gone.png")
     batch = world.ingest_batch()

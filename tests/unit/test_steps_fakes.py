@@ -11,7 +11,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
@@ -22,6 +22,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 )
 from aws_lambda_powertools.utilities.idempotency.persistence.base import BasePersistenceLayer
 from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import STATUS_CONSTANTS, DataRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from bayroute.adapters.aws import ObjectInfo, StartedExecution
 from bayroute.config import Settings, load_settings
@@ -45,6 +46,11 @@ class FakeLambdaContext:
 
     def get_remaining_time_in_millis(self) -> int:
         return 30_000
+
+
+def fake_lambda_context() -> LambdaContext:
+    """A FakeLambdaContext, typed as what Powertools expects."""
+    return cast(LambdaContext, FakeLambdaContext())
 
 
 class TransientAwsError(Exception):
@@ -218,7 +224,7 @@ def test_in_memory_persistence_runs_a_function_once_and_releases_it_on_failure()
         return {"done": item}
 
     config = IdempotencyConfig()
-    config.register_lambda_context(FakeLambdaContext())
+    config.register_lambda_context(fake_lambda_context())
     once = idempotent_function(work, data_keyword_argument="item", persistence_store=layer, config=config)
     assert once(item="a") == {"done": "a"}
     assert once(item="a") == {"done": "a"}
@@ -238,7 +244,7 @@ def test_in_memory_persistence_refuses_a_concurrent_duplicate() -> None:
         return {"done": item}
 
     config = IdempotencyConfig()
-    config.register_lambda_context(FakeLambdaContext())
+    config.register_lambda_context(fake_lambda_context())
     once = idempotent_function(work, data_keyword_argument="item", persistence_store=layer, config=config)
     assert once(item="x") == {"done": "x"}
 

@@ -17,11 +17,11 @@ from tests.unit.test_steps_fakes import (
     TEST_SETTINGS,
     FakeDeadLetterQueue,
     FakeEventPublisher,
-    FakeLambdaContext,
     FakeObjectStore,
     FakeWorkflowStarter,
     InMemoryPersistenceLayer,
     TransientAwsError,
+    fake_lambda_context,
 )
 
 INBOX = TEST_SETTINGS.names.inbox_bucket
@@ -77,7 +77,7 @@ class IngestRig:
             persistence=self.persistence,
             clock=lambda: "2026-11-28T16:00:01.000Z",
         )
-        self.ingest.idempotency_config.register_lambda_context(FakeLambdaContext())
+        self.ingest.idempotency_config.register_lambda_context(fake_lambda_context())
 
 
 @pytest.fixture
