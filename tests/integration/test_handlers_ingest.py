@@ -12,6 +12,7 @@ from PIL import Image
 from bayroute.deadletter import DeadLetterEntry
 from bayroute.domain import ObjectRef
 from services.ingest import handler as ingest_handler
+from tests.hostile import HOSTILE_KEYS
 from tests.integration.test_handlers_support import LambdaContextStub, MotoWorld, moto_world, raw_sqs_record
 
 MAX_OBJECT_BYTES = 4096
@@ -146,3 +147,13 @@ def test_a_bare_eventbridge_event_is_accepted(world: MotoWorld) -> None:
 def test_an_event_that_is_neither_sqs_nor_eventbridge_is_refused(world: MotoWorld) -> None:
     with pytest.raises(Exception, match="invalid_event"):
         run_ingest({"hello": "world"})
+
+
+def test_keys_that_s3_notifications_would_url_encode_are_admitted_under_their_real_names(world: MotoWorld) -> None:
+    machine = world.create_state_machine()
+    for key in HOSTILE_KEYS:
+        world.put(key, png_bytes())
+    assert run_ingest(world.ingest_batch()) == {"batchItemFailures": []}
+    started = [json.loads(e["input"])["request"]["key"] for e in world.executions(machine)]
+    assert sorted(started) == sorted(HOSTILE_KEYS)
+    assert world.dead_letters() == []
