@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from bayroute.adapters.aws import ObjectStore, aws_client, per_environment
@@ -19,6 +18,7 @@ from bayroute.capture import CaptureWriter
 from bayroute.config import load_settings
 from bayroute.errors import WorkflowError
 from bayroute.steps.infer import Infer
+from services import count
 
 SERVICE = "bayroute-infer"
 logger = Logger(service=SERVICE)
@@ -44,11 +44,11 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     try:
         prediction = infer().run(event)
     except WorkflowError as error:
-        metrics.add_metric(name="InferenceErrors", unit=MetricUnit.Count, value=1)
+        count(metrics, "InferenceErrors")
         log = logger.warning if error.transient else logger.error
         log("inference failed", extra={"reason": error.reason, "detail": error.detail, "facts": error.facts})
         raise
-    metrics.add_metric(name="Inferences", unit=MetricUnit.Count, value=1)
+    count(metrics, "Inferences")
     metrics.add_metadata(key="model_version", value=prediction["model_version"])
     logger.info(
         "inferred",

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
@@ -30,6 +29,7 @@ from bayroute.adapters.aws import (
 from bayroute.config import load_settings
 from bayroute.errors import InvalidEvent
 from bayroute.steps.ingest import Ingest
+from services import count
 
 SERVICE = "bayroute-ingest"
 logger = Logger(service=SERVICE)
@@ -60,9 +60,9 @@ def ingest() -> Ingest:
 def handle_event(event: dict[str, Any]) -> dict[str, Any]:
     outcome = ingest().handle(EventBridgeEvent(event))
     if outcome.duplicate_delivery:
-        metrics.add_metric(name="DuplicateDeliveries", unit=MetricUnit.Count, value=1)
+        count(metrics, "DuplicateDeliveries")
     else:
-        metrics.add_metric(name=_METRIC_BY_STATUS[outcome.status], unit=MetricUnit.Count, value=1)
+        count(metrics, _METRIC_BY_STATUS[outcome.status])
     log = logger.warning if outcome.status == "rejected" else logger.info
     log(f"object {outcome.status}", extra=outcome.to_dict())
     return outcome.to_dict()
@@ -80,7 +80,7 @@ def record_handler(record: SQSRecord) -> dict[str, Any]:
     except Exception:
         # The batch processor only reports the failed message id back to SQS: say why here.
         logger.exception("record failed; SQS will deliver it again", extra={"message_id": record.message_id})
-        metrics.add_metric(name="RecordsFailed", unit=MetricUnit.Count, value=1)
+        count(metrics, "RecordsFailed")
         raise
 
 

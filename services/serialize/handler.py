@@ -9,13 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from bayroute.adapters.aws import ObjectStore, aws_client, per_environment
 from bayroute.config import load_settings
 from bayroute.errors import WorkflowError
 from bayroute.steps.serialize import Serialize
+from services import count
 
 SERVICE = "bayroute-serialize"
 logger = Logger(service=SERVICE)
@@ -36,12 +36,12 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     try:
         output = serialize().run(event)
     except WorkflowError as error:
-        metrics.add_metric(name="ImagesRejected", unit=MetricUnit.Count, value=1)
+        count(metrics, "ImagesRejected")
         logger.warning("image rejected", extra={"reason": error.reason, "detail": error.detail, "facts": error.facts})
         raise
     staged = "s3" in output["image"]
-    metrics.add_metric(name="ImagesSerialized", unit=MetricUnit.Count, value=1)
+    count(metrics, "ImagesSerialized")
     if staged:
-        metrics.add_metric(name="PayloadsStaged", unit=MetricUnit.Count, value=1)
+        count(metrics, "PayloadsStaged")
     logger.info("image serialized", extra={"staged": staged, "input_stats": output["input_stats"]})
     return output

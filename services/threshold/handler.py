@@ -9,13 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from bayroute.adapters.aws import EventPublisher, ObjectStore, aws_client, per_environment
 from bayroute.config import load_settings
 from bayroute.errors import WorkflowError
 from bayroute.steps.threshold import Threshold
+from services import count
 
 SERVICE = "bayroute-threshold"
 logger = Logger(service=SERVICE)
@@ -37,10 +37,10 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     try:
         routing = threshold().run(event)
     except WorkflowError as error:
-        metrics.add_metric(name="NotRouted", unit=MetricUnit.Count, value=1)
+        count(metrics, "NotRouted")
         logger.warning("not routed", extra={"reason": error.reason, "detail": error.detail, "facts": error.facts})
         raise
-    metrics.add_metric(name="Routed", unit=MetricUnit.Count, value=1)
+    count(metrics, "Routed")
     metrics.add_metadata(key="bay", value=routing["bay"])
     logger.info("routed", extra={"object_key": routing["object_key"], "class": routing["class"], "bay": routing["bay"]})
     return routing

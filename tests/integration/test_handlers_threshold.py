@@ -60,3 +60,16 @@ def test_the_threshold_is_configurable_through_the_environment(
     monkeypatch.setenv("BAYROUTE_THRESHOLD", "0.55")
     event, _ = payload(world, [0.6, 0.4])
     assert threshold_handler.handler(event, LambdaContextStub())["bay"] == "near"
+
+
+def test_on_aws_the_outcome_is_counted_as_a_cloudwatch_metric(
+    world: MotoWorld, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    event, _ = payload(world, [0.99, 0.01])
+    threshold_handler.handler(event, LambdaContextStub())
+    emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    [metrics] = [document["_aws"]["CloudWatchMetrics"][0] for document in emf]
+    assert metrics["Namespace"] == "bayroute"
+    assert [metric["Name"] for metric in metrics["Metrics"]] == ["Routed"]
+    assert emf[0]["service"] == "bayroute-threshold" and emf[0]["bay"] == "near"
