@@ -52,8 +52,19 @@ class StackAddresses:
     model_endpoint_url: str
 
 
+class StackInProcess(RuntimeError):
+    """A second local stack in one process: the handlers' environment would belong to both."""
+
+
 class LocalStack:
-    """Start with ``start()`` (or as a context manager); ``stop()`` undoes everything, environment included."""
+    """Start with ``start()`` (or as a context manager); ``stop()`` undoes everything, environment included.
+
+    One per process: the in-process handlers read their settings and AWS endpoint from the environment,
+    as deployed functions do, and a process has one environment.
+    """
+
+    _running: LocalStack | None = None
+    _running_lock = threading.Lock()
 
     def __init__(
         self,
@@ -88,6 +99,10 @@ class LocalStack:
         self.stop()
 
     def start(self) -> StackAddresses:
+        with LocalStack._running_lock:
+            if LocalStack._running is not None:
+                raise StackInProcess("a local stack already runs in this process; stop it first")
+            LocalStack._running = self
         try:
             return self._start()
         except BaseException:
@@ -136,6 +151,9 @@ class LocalStack:
             self._model_server.stop()
             self._model_server = None
         self._restore_environment()
+        with LocalStack._running_lock:
+            if LocalStack._running is self:
+                LocalStack._running = None
 
     # -- pieces ----------------------------------------------------------------------------------------
 
