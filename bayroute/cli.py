@@ -7,6 +7,7 @@ import shutil
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,6 +15,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from bayroute.commands import data as data_commands
+from bayroute.commands.evaluate import evaluate_command
+from bayroute.commands.predict import predict_command
+from bayroute.commands.serve import serve_command
 from bayroute.config import load_settings
 from bayroute.local.folder import DEAD_LETTER, INBOX, ROUTED, SIDECAR_SUFFIX, is_candidate
 
@@ -23,6 +28,10 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+app.add_typer(data_commands.app, name="data")
+app.command("evaluate")(evaluate_command)
+app.command("predict")(predict_command)
+app.command("serve")(serve_command)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -77,7 +86,12 @@ def up(
 
     try:
         with running_stack(
-            workdir, load_settings(), aws_port=aws_port, model_endpoint_port=endpoint_port, on_settled=report
+            workdir,
+            load_settings(),
+            aws_port=aws_port,
+            model_endpoint_port=endpoint_port,
+            quiet=True,
+            on_settled=report,
         ) as (stack, folder):
             console.print(
                 f"bayroute is up: drop images into [bold]{folder.inbox}[/bold]; "
@@ -209,7 +223,9 @@ def demo(
     settled: list[dict[str, Any]] = []
     started = time.monotonic()
     try:
-        with running_stack(root, load_settings(), on_settled=lambda _path, record: settled.append(record)) as (
+        with running_stack(
+            root, load_settings(), quiet=True, on_settled=lambda _path, record: settled.append(record)
+        ) as (
             _stack,
             folder,
         ):
@@ -232,6 +248,29 @@ def demo(
     finally:
         if temporary:
             shutil.rmtree(root, ignore_errors=True)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+def train(
+    context: typer.Context,
+    on: Annotated[str, typer.Option("--on", help="local (this machine: CPU, or CUDA when present) or sagemaker.")] = (
+        "local"
+    ),
+) -> None:
+    """Train the classifier here (`--data DIR --out models/NAME`) or submit a SageMaker job (`--on sagemaker`).
+
+    Options after --on are those of the chosen target: see `bayroute train --on local --help` and
+    `bayroute train --on sagemaker --help`.
+    """
+    from bayroute.commands.cloud_train import cloud_train_command
+    from bayroute.commands.train import train_command
+
+    targets: dict[str, Callable[..., None]] = {"local": train_command, "sagemaker": cloud_train_command}
+    if on not in targets:
+        raise typer.BadParameter(f"must be one of {', '.join(targets)}", param_hint="--on")
+    target = typer.Typer(add_completion=False)
+    target.command()(targets[on])
+    target(args=context.args, prog_name=f"bayroute train --on {on}", standalone_mode=True)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,12 @@ from typing import Any
 from bayroute.config import Settings
 from bayroute.domain import utc_now
 from bayroute.local.folder import InboxFolder, write_json_atomically
+from bayroute.local.logs import send_logs_to
 from bayroute.local.stack import LocalStack
 
 STATE_DIR = ".bayroute"
 STATE_FILE = "state.json"
+LOG_FILE = "stack.log"
 
 
 class StackNotRunning(RuntimeError):
@@ -84,9 +86,13 @@ def running_stack(
     aws_port: int = 0,
     model_endpoint_port: int = 0,
     start_model_endpoint: bool = True,
+    quiet: bool = False,
     on_settled: Callable[[Path, dict[str, Any]], None] | None = None,
 ) -> Iterator[tuple[LocalStack, InboxFolder]]:
-    """The stack and the inbox folder, started; stopped and the state file removed on exit."""
+    """The stack and the inbox folder, started; stopped and the state file removed on exit.
+
+    ``quiet`` sends the stack's own logs to ``DIR/.bayroute/stack.log`` instead of the console.
+    """
     workdir = workdir.resolve()
     try:
         existing = read_state(workdir)
@@ -101,6 +107,7 @@ def running_stack(
         start_model_endpoint=start_model_endpoint,
     )
     addresses = stack.start()
+    restore_logs = send_logs_to(workdir / STATE_DIR / LOG_FILE) if quiet else None
     folder: InboxFolder | None = None
     state_file = state_path(workdir)
     try:
@@ -133,6 +140,8 @@ def running_stack(
             folder.stop()
         state_file.unlink(missing_ok=True)
         stack.stop()
+        if restore_logs is not None:
+            restore_logs()
 
 
 def wait_for_signal() -> str:
