@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import tempfile
 import time
 import urllib.request
@@ -32,7 +33,8 @@ app.add_typer(data_commands.app, name="data")
 app.command("evaluate")(evaluate_command)
 app.command("predict")(predict_command)
 app.command("serve")(serve_command)
-console = Console()
+# Piped output (CI logs, `| tee`) gets a readable width instead of rich's 80-column default.
+console = Console() if sys.stdout.isatty() else Console(width=140)
 err_console = Console(stderr=True)
 
 WorkdirOption = Annotated[
@@ -46,29 +48,26 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def _outcome_row(record: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    """(outcome, class, confidence, bay, reason) of a sidecar record."""
     if record.get("status") == "routed":
-        return (
-            str(record.get("file") or record.get("object_key")),
-            "[green]routed[/green]",
-            str(record.get("class")),
-            f"{float(record.get('confidence') or 0):.3f}",
-            f"bay {record.get('bay')}",
-        )
-    return (
-        str(record.get("file") or record.get("object_key")),
-        "[yellow]dead-lettered[/yellow]",
-        "",
-        "",
-        f"{record.get('reason')}: {str(record.get('detail', ''))[:70]}",
-    )
+        confidence = f"{float(record.get('confidence') or 0):.3f}"
+        return "[green]routed[/green]", str(record.get("class")), confidence, str(record.get("bay")), ""
+    confidence = "" if record.get("confidence") is None else f"{float(record['confidence']):.3f}"
+    return "[yellow]dead-lettered[/yellow]", str(record.get("class") or ""), confidence, "", str(record.get("reason"))
 
 
-def _outcome_table(records: list[dict[str, Any]]) -> Table:
+def _record_name(record: dict[str, Any]) -> str:
+    return str(record.get("file") or record.get("object_key"))
+
+
+def _outcome_table(records: list[dict[str, Any]], expected: dict[str, str] | None = None) -> Table:
     table = Table(title="Outcomes")
-    for column in ("object", "status", "class", "confidence", "bay / reason"):
-        table.add_column(column)
-    for record in sorted(records, key=lambda r: str(r.get("file") or r.get("object_key"))):
-        table.add_row(*_outcome_row(record))
+    columns = ["object", *(["expected"] if expected else []), "outcome", "class", "confidence", "bay", "reason"]
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for record in sorted(records, key=_record_name):
+        name = _record_name(record)
+        table.add_row(name, *([expected.get(name, "")] if expected else []), *_outcome_row(record))
     return table
 
 
@@ -82,7 +81,7 @@ def up(
     from bayroute.local.runtime import StackAlreadyRunning, running_stack, wait_for_signal
 
     def report(destination: Path, record: dict[str, Any]) -> None:
-        console.print(" | ".join(cell for cell in _outcome_row(record) if cell))
+        console.print(" | ".join([_record_name(record), *(cell for cell in _outcome_row(record) if cell)]))
 
     try:
         with running_stack(
@@ -238,7 +237,7 @@ def demo(
             while len(settled) < len(batch) and time.monotonic() < deadline:
                 time.sleep(0.1)
             counts = folder.counts
-        console.print(_outcome_table(settled))
+        console.print(_outcome_table(settled, {item.name: item.expected for item in batch}))
         console.print(
             f"submitted {len(batch)} = routed {counts.routed} + dead-lettered {counts.dead_lettered}"
             f"   ({time.monotonic() - started:.1f} s in all)"

@@ -148,6 +148,14 @@ def reason_code(error: str, cause: str | None = None) -> tuple[str, str]:
     return "unexpected_error", detail
 
 
+def error_facts(cause: str | None) -> dict[str, Any]:
+    """The facts a WorkflowError carried in its cause (e.g. ``class`` and ``confidence`` below the threshold)."""
+    document = _json_object(cause)
+    message = document.get("errorMessage") if document else None
+    inner = _json_object(message) if isinstance(message, str) else None
+    return {k: v for k, v in (inner or {}).items() if k not in ("reason", "detail")}
+
+
 def _json_object(text: str | None) -> dict[str, Any] | None:
     if not text:
         return None

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bayroute.config import Settings
-from bayroute.errors import reason_code
+from bayroute.errors import error_facts, reason_code
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ def outcome_record(event: dict[str, Any], settings: Settings) -> dict[str, Any] 
     if event.get("detail-type") == settings.events.dead_lettered_detail_type:
         error = str(detail.get("error", ""))
         reason, reason_detail = reason_code(error, detail.get("cause"))
+        facts = error_facts(detail.get("cause"))
         return {
             "status": "dead-lettered",
             "object_key": request.get("key"),
@@ -79,6 +80,8 @@ def outcome_record(event: dict[str, Any], settings: Settings) -> dict[str, Any] 
             "detail": reason_detail,
             "error": error,
             "step": detail.get("step"),
+            # What the model said, when it got that far (below the threshold: class and confidence).
+            **{key: facts[key] for key in ("class", "confidence", "model_version") if key in facts},
             "request": request,
             "decided_at": detail.get("failed_at") or event.get("time"),
         }

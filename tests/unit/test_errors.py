@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from bayroute.errors import ERRORS, TRANSIENT_ERROR_NAMES, NotAnImage, ThresholdNotMet, reason_code
+from bayroute.errors import ERRORS, TRANSIENT_ERROR_NAMES, NotAnImage, ThresholdNotMet, error_facts, reason_code
 
 
 def _lambda_cause(error: Exception) -> str:
@@ -49,3 +49,10 @@ def test_only_endpoint_errors_are_transient_and_every_reason_is_distinct() -> No
     assert TRANSIENT_ERROR_NAMES == ["EndpointThrottled", "EndpointUnavailable"]
     reasons = [cls.reason for cls in ERRORS.values()]
     assert len(reasons) == len(set(reasons))
+
+
+def test_error_facts_are_read_back_from_the_cause() -> None:
+    error = ThresholdNotMet("below", confidence=0.61, **{"class": "bicycle"})
+    assert error_facts(_lambda_cause(error)) == {"confidence": 0.61, "class": "bicycle"}
+    assert error_facts("States.Timeout") == {}
+    assert error_facts(None) == {}
