@@ -1,0 +1,1 @@
+"""Deployment tooling: the AWS SAM template generator, its IAM checks and the Lambda packager."""
