@@ -9,7 +9,6 @@ ObjectDeadLettered event; and the environment restored on stop.
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any
 
@@ -138,10 +137,3 @@ def test_object_tags_events_do_not_reach_ingest(stack: LocalStack) -> None:
     )
     time.sleep(1.5)
     assert stack.functions[NAMES.ingest_function].invocations == before
-
-
-def test_stopping_restores_the_environment() -> None:
-    before = {key: os.environ.get(key) for key in ("AWS_ENDPOINT_URL", "MOTO_PORT", "BAYROUTE_THRESHOLD")}
-    with LocalStack(SETTINGS, handlers={}, start_model_endpoint=False) as running:
-        assert os.environ["AWS_ENDPOINT_URL"] == running.aws_endpoint_url
-    assert {key: os.environ.get(key) for key in before} == before
