@@ -864,12 +864,9 @@ class StackBuilder:
                         ["s3:GetObject", "s3:PutObject"],
                         self.objects("CaptureBucket", self.prefixes["results"]),
                     ),
-                    allow(
-                        "ListResultsForNotFound",
-                        ["s3:ListBucket"],
-                        get_att("CaptureBucket", "Arn"),
-                        {"StringLike": {"s3:prefix": [f"{self.prefixes['results']}/*"]}},
-                    ),
+                    # S3 answers a missing key with 404 only to a caller allowed to list the bucket (else 403);
+                    # a prefix condition would not apply to that check, so the whole bucket is listable.
+                    allow("ListResultsForNotFound", ["s3:ListBucket"], get_att("CaptureBucket", "Arn")),
                     self.publish_own_events(),
                 ],
             ),
@@ -877,7 +874,7 @@ class StackBuilder:
                 short="monitor",
                 logical="Monitor",
                 name=names["monitor_function"],
-                description="Publishes drift and below-threshold share from the capture records; pages on-call.",
+                description="Publishes drift and below-threshold share metrics from the capture records.",
                 memory=512,
                 timeout=300,
                 statements=[
@@ -886,31 +883,19 @@ class StackBuilder:
                         ["s3:GetObject"],
                         self.objects("CaptureBucket", self.prefixes["capture"]),
                     ),
+                    # Its watermark is one object of the capture bucket, written conditionally (If-Match).
                     allow(
-                        "ListCaptureRecords",
-                        ["s3:ListBucket"],
-                        get_att("CaptureBucket", "Arn"),
-                        {"StringLike": {"s3:prefix": [f"{self.prefixes['capture']}/*"]}},
+                        "MonitorWatermark",
+                        ["s3:GetObject", "s3:PutObject"],
+                        sub(f"${{CaptureBucket.Arn}}/{self.settings.monitoring.watermark_key}"),
                     ),
+                    # Lists the hourly capture folders; also makes a missing watermark read as 404, not 403.
+                    allow("ListCaptureBucket", ["s3:ListBucket"], get_att("CaptureBucket", "Arn")),
                     allow(
                         WHY_METRICS,
                         ["cloudwatch:PutMetricData"],
                         "*",
                         {"StringEquals": {"cloudwatch:namespace": self.namespace}},
-                    ),
-                    allow("PageOnCall", ["sns:Publish"], ref("OncallTopic")),
-                    # Publishing to a KMS-encrypted topic needs the key: SNS encrypts with the caller's rights.
-                    allow("EncryptOnCallMessages", ["kms:Decrypt", "kms:GenerateDataKey"], get_att("OncallKey", "Arn")),
-                    # The monitor's watermark is one item of the idempotency table: only that key is allowed.
-                    allow(
-                        "MonitorWatermark",
-                        ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"],
-                        table,
-                        {
-                            "ForAllValues:StringEquals": {
-                                "dynamodb:LeadingKeys": [self.settings.monitoring.watermark_key]
-                            }
-                        },
                     ),
                 ],
                 events={

@@ -40,6 +40,7 @@ class Module:
         return self.path.name == "__init__.py"
 
 
+@cache
 def module_path(name: str, root: Path = REPO_ROOT) -> Path | None:
     """The source file of first-party module ``name`` (``a.b`` -> ``a/b.py`` or ``a/b/__init__.py``)."""
     base = root.joinpath(*name.split("."))
@@ -107,6 +108,7 @@ class Binding:
     member: str | None = None
 
 
+@cache
 def _bindings(module: Module) -> dict[str, Binding]:
     """Names bound by the module's imports, anywhere in it (function-level imports included)."""
     bindings: dict[str, Binding] = {}
@@ -195,6 +197,7 @@ class ReachableCode:
                 yield module, inner
 
 
+@cache
 def _top_level_definitions(module: Module) -> dict[str, ast.AST]:
     definitions: dict[str, ast.AST] = {}
     for node in module.tree.body:
@@ -241,8 +244,10 @@ def _is_dunder(name: str) -> bool:
     return name.startswith("__") and name.endswith("__")
 
 
+@cache
 def reachable_code(entry: str) -> ReachableCode:
-    """The code the module ``entry`` (a handler) can run, following names into first-party modules.
+    """The code the module ``entry`` (a handler) can run, following names into first-party modules (cached:
+    treat the result as read-only).
 
     A reachable class contributes its decorators, bases and class body at once, its special methods
     (``__init__``, ``__call__``...) too, and any other method once some reachable code uses an attribute of

@@ -198,8 +198,9 @@ def _method_calls(code: ReachableCode) -> Iterator[tuple[str, str]]:
         yield method, where
 
 
+@cache
 def code_actions(function: str) -> CodeActions:
-    """The IAM actions the code of ``services/<function>/handler.py`` can need."""
+    """The IAM actions the code of ``services/<function>/handler.py`` can need (cached: read-only)."""
     code = reachable_code(handler_module(function))
     result = CodeActions()
     for module, node in code.walk():
