@@ -9,6 +9,7 @@ Definitions (repeated in the JSON so a monitor can compute the same numbers on l
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +41,7 @@ def _distribution(values: np.ndarray, low: float, high: float) -> dict[str, obje
 
 def drift_baseline(
     images: np.ndarray, probabilities: np.ndarray, labels: np.ndarray, classes: Sequence[str]
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Reference distributions on the validation images, with the served model's calibrated probabilities."""
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"expected uint8 images [N, H, W, 3], got {images.dtype} {images.shape}")

@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import json
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +97,9 @@ def export_run(
 
 def _write_onnx(graph: ServingGraph, size: tuple[int, int], metadata: dict[str, str], out_path: Path) -> None:
     example = torch.zeros((2, *size, 3), dtype=torch.uint8)
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
+        # torch's exporter trips a pytree deprecation of its own; nothing the caller can act on.
+        warnings.simplefilter("ignore", FutureWarning)
         scratch_file = Path(scratch) / "model.onnx"
         program = torch.onnx.export(
             graph,

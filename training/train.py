@@ -43,6 +43,12 @@ class TrainConfig:
     cutmix_alpha: float = 0.0
     mix_probability: float = 0.5  # share of batches mixed (mixup or cutmix, whichever alphas are > 0)
     ema_decay: float = 0.0  # 0 disables the exponential moving average of the weights
+    # Distillation: with teacher_width > 0, `teachers` wider networks are trained first on the labels, and the
+    # served network learns distill_weight * (their mean probabilities on each augmented batch) + the rest labels.
+    teacher_width: int = 0
+    teacher_epochs: int = 0
+    teachers: int = 1
+    distill_weight: float = 1.0
     tta_flip: bool = True
     seed: int = 0
     val_fraction: float = DEFAULT_VAL_FRACTION
@@ -51,12 +57,24 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.width < 1 or self.batch_size < 2:
             raise ValueError(f"epochs, width must be >= 1 and batch_size >= 2, got {self}")
+        if self.teacher_width > 0 and (self.teacher_epochs < 1 or self.teachers < 1):
+            raise ValueError("a teacher needs teacher_epochs >= 1 and teachers >= 1")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise ValueError(f"distill_weight must lie in [0, 1], got {self.distill_weight}")
+
+    @property
+    def total_epochs(self) -> int:
+        teacher_epochs = self.teachers * self.teacher_epochs if self.teacher_width > 0 else 0
+        return teacher_epochs + self.epochs
 
 
 @dataclass(frozen=True)
 class EpochStats:
-    epoch: int
-    epochs: int
+    phase: str  # "teacher 1", ..., "student"
+    epoch: int  # within the phase
+    epochs: int  # of the phase
+    completed: int  # epochs done over all phases
+    total: int  # epochs over all phases
     train_loss: float
     val_accuracy: float
     elapsed_s: float
@@ -77,9 +95,10 @@ class TrainingRun:
     wall_time_s: float
     time_to_target_s: float | None  # seconds until validation accuracy first reached TARGET_ACCURACY
     device: str
+    teacher_val_accuracy: list[float] = field(default_factory=list)  # each teacher's, at its last epoch
     history: list[EpochStats] = field(default_factory=list)
 
-    def summary(self) -> dict[str, object]:
+    def summary(self) -> dict[str, Any]:
         """JSON-ready description of the run (goes into the ONNX ``training`` metadata)."""
         return {
             "config": asdict(self.config),
@@ -89,6 +108,7 @@ class TrainingRun:
                 None if self.time_to_target_s is None else round(self.time_to_target_s, 1)
             ),
             "temperature": self.temperature,
+            "teacher_val_accuracy": self.teacher_val_accuracy,
             "n_train": int(self.train_indices.size),
             "n_val": int(self.val_indices.size),
             "validation": self.val_metrics,
@@ -122,60 +142,39 @@ def train(
     train_images = dataset.images[train_idx]
     mean = train_images.reshape(-1, 3).mean(axis=0)
     std = train_images.reshape(-1, 3).std(axis=0)
-    x_train = _normalise(train_images, mean, std).to(torch_device)
-    y_train = torch.from_numpy(dataset.labels[train_idx]).to(torch_device)
-    x_val = _normalise(dataset.images[val_idx], mean, std).to(torch_device)
-    y_val = dataset.labels[val_idx]
-
-    model = ResNet9(num_classes, config.width).to(torch_device)
-    ema = _make_ema(model, config.ema_decay)
-    steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=config.peak_lr,
-        momentum=config.momentum,
-        nesterov=True,
-        weight_decay=config.weight_decay,
+    data = _Data(
+        x_train=_normalise(train_images, mean, std).to(torch_device),
+        y_train=torch.from_numpy(dataset.labels[train_idx]).to(torch_device),
+        x_val=_normalise(dataset.images[val_idx], mean, std).to(torch_device),
+        y_val=dataset.labels[val_idx],
+        num_classes=num_classes,
     )
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.peak_lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch, pct_start=0.25
+    progress = _Progress(total=config.total_epochs, start=time.perf_counter(), on_epoch=on_epoch)
+
+    teachers: list[nn.Module] = []
+    teacher_accuracy: list[float] = []
+    for k in range(config.teachers if config.teacher_width > 0 else 0):
+        teacher = ResNet9(num_classes, config.teacher_width).to(torch_device)
+        phase = f"teacher {k + 1}"
+        teachers.append(_fit(teacher, config.teacher_epochs, None, data, config, generator, progress, phase=phase))
+        teacher_accuracy.append(progress.history[-1].val_accuracy)
+    ensemble = _Ensemble(teachers) if teachers else None
+    student = _fit(
+        ResNet9(num_classes, config.width).to(torch_device),
+        config.epochs,
+        ensemble,
+        data,
+        config,
+        generator,
+        progress,
+        phase="student",
     )
 
-    history: list[EpochStats] = []
-    time_to_target: float | None = None
-    start = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        order = torch.randperm(len(train_idx), generator=generator).to(torch_device)
-        total_loss = 0.0
-        for step in range(steps_per_epoch):
-            batch = order[step * config.batch_size : (step + 1) * config.batch_size]
-            if batch.numel() < 2:  # BatchNorm needs two samples; the shuffled remainder is seen next epoch
-                continue
-            images, targets = _augment(x_train[batch], y_train[batch], num_classes, config, generator)
-            loss = _soft_cross_entropy(model(images), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            total_loss += float(loss.detach())
-        served = _served_network(model, ema)
-        val_accuracy = float((_logits(served, x_val, config.tta_flip).argmax(1) == y_val).mean())
-        elapsed = time.perf_counter() - start
-        if time_to_target is None and val_accuracy >= TARGET_ACCURACY:
-            time_to_target = elapsed
-        stats = EpochStats(epoch, config.epochs, total_loss / steps_per_epoch, val_accuracy, elapsed)
-        history.append(stats)
-        if on_epoch is not None:
-            on_epoch(stats)
-
-    served = copy.deepcopy(_served_network(model, ema)).cpu().eval()
-    val_logits = _logits(served, x_val.cpu(), config.tta_flip)
-    temperature = fit_temperature(val_logits, y_val)
+    served = copy.deepcopy(student).cpu().eval()
+    val_logits = _logits(served, data.x_val.cpu(), config.tta_flip)
+    temperature = fit_temperature(val_logits, data.y_val)
     val_probabilities = softmax(val_logits / temperature)
-    wall_time = time.perf_counter() - start
+    wall_time = time.perf_counter() - progress.start
     return TrainingRun(
         model=served,
         config=config,
@@ -186,12 +185,119 @@ def train(
         train_indices=train_idx,
         val_indices=val_idx,
         val_probabilities=val_probabilities,
-        val_metrics=validation_metrics(val_probabilities, y_val, list(dataset.classes)),
+        val_metrics=validation_metrics(val_probabilities, data.y_val, list(dataset.classes)),
         wall_time_s=wall_time,
-        time_to_target_s=time_to_target,
+        time_to_target_s=progress.time_to_target,
         device=str(torch_device),
-        history=history,
+        teacher_val_accuracy=teacher_accuracy,
+        history=progress.history,
     )
+
+
+@dataclass(frozen=True)
+class _Data:
+    x_train: torch.Tensor  # normalised float NCHW, on the training device
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: np.ndarray
+    num_classes: int
+
+
+@dataclass
+class _Progress:
+    total: int
+    start: float
+    on_epoch: Callable[[EpochStats], None] | None
+    history: list[EpochStats] = field(default_factory=list)
+    time_to_target: float | None = None  # of the served (student) network only
+
+
+class _Ensemble(nn.Module):
+    """Mean of the teachers' flip-averaged probabilities: the student's soft targets."""
+
+    def __init__(self, teachers: list[nn.Module]) -> None:
+        super().__init__()
+        self.teachers = nn.ModuleList(teachers).eval()
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        both = torch.cat([images, images.flip(3)])
+        return torch.stack([F.softmax(t(both), dim=1) for t in self.teachers]).mean(0).view(2, len(images), -1).mean(0)
+
+
+def _fit(
+    model: nn.Module,
+    epochs: int,
+    teacher: _Ensemble | None,
+    data: _Data,
+    config: TrainConfig,
+    generator: torch.Generator,
+    progress: _Progress,
+    *,
+    phase: str,
+) -> nn.Module:
+    """One-cycle SGD on augmented batches; targets are labels, or the teacher's view of the same augmented batch."""
+    n_train = len(data.y_train)
+    ema = _make_ema(model, config.ema_decay)
+    steps_per_epoch = math.ceil(n_train / config.batch_size)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=config.peak_lr,
+        momentum=config.momentum,
+        nesterov=True,
+        weight_decay=config.weight_decay,
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _one_cycle(epochs * steps_per_epoch))
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = torch.randperm(n_train, generator=generator).to(data.x_train.device)
+        total_loss = 0.0
+        for step in range(steps_per_epoch):
+            batch = order[step * config.batch_size : (step + 1) * config.batch_size]
+            if batch.numel() < 2:  # BatchNorm needs two samples; the shuffled remainder is seen next epoch
+                continue
+            images, targets = _augment(data.x_train[batch], data.y_train[batch], data.num_classes, config, generator)
+            if teacher is not None:
+                targets = config.distill_weight * teacher(images) + (1 - config.distill_weight) * targets
+            loss = _soft_cross_entropy(model(images), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            total_loss += float(loss.detach())
+        served = _served_network(model, ema)
+        val_accuracy = float((_logits(served, data.x_val, config.tta_flip).argmax(1) == data.y_val).mean())
+        elapsed = time.perf_counter() - progress.start
+        if phase == "student" and progress.time_to_target is None and val_accuracy >= TARGET_ACCURACY:
+            progress.time_to_target = elapsed
+        stats = EpochStats(
+            phase,
+            epoch,
+            epochs,
+            len(progress.history) + 1,
+            progress.total,
+            total_loss / steps_per_epoch,
+            val_accuracy,
+            elapsed,
+        )
+        progress.history.append(stats)
+        if progress.on_epoch is not None:
+            progress.on_epoch(stats)
+    return _served_network(model, ema).eval()
+
+
+def _one_cycle(total_steps: int, warmup_share: float = 0.25) -> Callable[[int], float]:
+    """LR factor: linear up to 1 over the first quarter of the steps, then linear down to 0 at the end."""
+    warmup = max(1, round(warmup_share * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
 
 
 def _normalise(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:

@@ -55,11 +55,12 @@ def train_command(
         TimeElapsedColumn(),
         console=console,
     ) as progress:
-        task = progress.add_task("epochs", total=config.epochs, status="")
+        task = progress.add_task("epochs", total=config.total_epochs, status="")
 
         def on_epoch(stats: EpochStats) -> None:
-            status = f"loss {stats.train_loss:.3f}  val acc {stats.val_accuracy:.3f}"
-            progress.update(task, completed=stats.epoch, status=status)
+            status = f"{stats.phase} {stats.epoch}/{stats.epochs}  loss {stats.train_loss:.3f}"
+            status += f"  val acc {stats.val_accuracy:.3f}"
+            progress.update(task, completed=stats.completed, status=status)
 
         try:
             result = train_and_export(data, out, config, command=command, device=device, on_epoch=on_epoch)
