@@ -1,0 +1,1 @@
+"""The monitor Lambda function (entry point: ``services.monitor.handler.handler``)."""
