@@ -5,6 +5,12 @@ Each new file in the inbox folder is put into the inbox bucket; when its object 
 beside its destination first and only then is the file moved out of the inbox. A crash therefore loses
 nothing: on start, a file whose sidecar already exists (same content digest) only finishes its move, and
 every other file still in the inbox is submitted again.
+
+A dead-lettered object can be replayed (``bayroute dlq replay``) while the stack runs. When its new outcome
+arrives, the file already in ``dead-letter/`` follows it: routed, it moves to ``routed/`` with a new sidecar
+whose ``previous`` list keeps the earlier records (the new sidecar is written first, then the file moves,
+then the old sidecar goes; ``recover`` finishes an interrupted promotion); dead-lettered again, its sidecar
+is rewritten in place with the same history.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ logger = logging.getLogger(__name__)
 INBOX, ROUTED, DEAD_LETTER = "inbox", "routed", "dead-letter"
 SIDECAR_SUFFIX = ".json"
 SCAN_INTERVAL_SECONDS = 0.1
+# In a routed sidecar: the file's name in dead-letter/ before a replay routed it.
+PROMOTED_FROM = "promoted_from"
 
 
 def sha256_file(path: Path) -> str:
@@ -134,6 +142,8 @@ class InboxFolder:
         self._on_settled = on_settled
         self._tracked: dict[tuple[str, str], Tracked] = {}  # (key, version or etag) → file
         self._tracked_paths: set[Path] = set()
+        # Dead-lettered files of this run, by object identity: a replay may route them later.
+        self._dead_lettered: dict[tuple[str, str], Path] = {}
         self._sizes: dict[Path, tuple[int, int]] = {}  # last seen (size, mtime) for the stability check
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -165,6 +175,10 @@ class InboxFolder:
 
     def recover(self) -> None:
         """Finish the moves a crash interrupted: a file whose terminal record exists is not submitted again."""
+        self._finish_inbox_moves()
+        self._finish_promotions()
+
+    def _finish_inbox_moves(self) -> None:
         for path in sorted(self.inbox.iterdir()):
             if not is_candidate(path):
                 continue
@@ -175,6 +189,26 @@ class InboxFolder:
                     os.replace(path, folder / path.name)
                     logger.info("finished moving %s to %s after a restart", path.name, folder.name)
                     break
+
+    def _finish_promotions(self) -> None:
+        """A routed sidecar whose file is still in ``dead-letter/``: move the file, then drop its old sidecar."""
+        promoted: dict[str, str] = {}  # dead-letter file name -> its sha256, for every finished promotion
+        for sidecar in sorted(self.routed.glob(f"*{SIDECAR_SUFFIX}")):
+            destination = sidecar.with_name(sidecar.name[: -len(SIDECAR_SUFFIX)])
+            record = _read_record(sidecar)
+            source_name = record.get(PROMOTED_FROM) if record else None
+            if not isinstance(source_name, str) or not record:
+                continue
+            source = self.dead_letter / source_name
+            if not destination.exists() and source.is_file() and sha256_file(source) == record.get("sha256"):
+                os.replace(source, destination)
+                logger.info("finished moving replayed %s to %s after a restart", source_name, ROUTED)
+            if destination.exists():
+                promoted[source_name] = str(record.get("sha256"))
+        for source_name, digest in promoted.items():
+            old_sidecar = self.dead_letter / f"{source_name}{SIDECAR_SUFFIX}"
+            if not (self.dead_letter / source_name).exists() and _sidecar_digest(old_sidecar) == digest:
+                old_sidecar.unlink()
 
     def scan_once(self) -> int:
         """Submit the files that are new and no longer growing; returns how many were submitted."""
@@ -242,6 +276,10 @@ class InboxFolder:
         identity = (str(request.get("key")), str(request.get("version_id") or request.get("etag")))
         with self._lock:
             tracked = self._tracked.pop(identity, None)
+            settled = self._dead_lettered.get(identity) if tracked is None else None
+        if settled is not None:
+            self._settle_again(identity, settled, record)
+            return
         if tracked is None:
             return  # an object not submitted from this folder (another client, or an earlier run)
         destination_folder = self.routed if record["status"] == "routed" else self.dead_letter
@@ -255,6 +293,38 @@ class InboxFolder:
                 self.counts.routed += 1
             else:
                 self.counts.dead_lettered += 1
+                self._dead_lettered[identity] = destination
+        if self._on_settled is not None:
+            self._on_settled(destination, record)
+
+    def _settle_again(self, identity: tuple[str, str], path: Path, record: dict[str, Any]) -> None:
+        """A new outcome for a file already in ``dead-letter/`` (its object was replayed)."""
+        sidecar = path.with_name(f"{path.name}{SIDECAR_SUFFIX}")
+        if not path.is_file():
+            with self._lock:
+                self._dead_lettered.pop(identity, None)
+            return  # someone took the file out of dead-letter/: nothing left to move
+        earlier = _read_record(sidecar) or {}
+        history = [*earlier.pop("previous", []), earlier]
+        record = {
+            **record,
+            "file": earlier.get("file", path.name),
+            "sha256": earlier.get("sha256"),
+            "previous": history,
+        }
+        if record["status"] != "routed":
+            write_json_atomically(sidecar, record)
+            destination = path
+        else:
+            destination = _free_name(self.routed, path.name)
+            record[PROMOTED_FROM] = path.name
+            write_json_atomically(self.routed / f"{destination.name}{SIDECAR_SUFFIX}", record)
+            os.replace(path, destination)
+            sidecar.unlink()
+            with self._lock:
+                self._dead_lettered.pop(identity, None)
+                self.counts.dead_lettered -= 1
+                self.counts.routed += 1
         if self._on_settled is not None:
             self._on_settled(destination, record)
 
@@ -269,11 +339,16 @@ class InboxFolder:
                 self._stopping.wait(0.5)
 
 
-def _sidecar_digest(sidecar: Path) -> str | None:
+def _read_record(sidecar: Path) -> dict[str, Any] | None:
     try:
-        value = json.loads(sidecar.read_text(encoding="utf-8")).get("sha256")
-    except (OSError, ValueError, AttributeError):
+        record = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return None
+    return record if isinstance(record, dict) else None
+
+
+def _sidecar_digest(sidecar: Path) -> str | None:
+    value = (_read_record(sidecar) or {}).get("sha256")
     return str(value) if value else None
 
 

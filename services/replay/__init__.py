@@ -1,0 +1,1 @@
+"""The replay Lambda function (entry point: ``services.replay.handler.handler``)."""
