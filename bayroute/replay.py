@@ -548,9 +548,11 @@ class DeadLetterTarget:
     stepfunctions: Any
     queue_url: str
     state_machine: str  # ARN, or the name (looked up on first start)
+    # SQS short polling (0) may miss messages on AWS; moto answers exactly, so the local stack need not wait.
+    receive_wait_seconds: int = RECEIVE_WAIT_SECONDS
 
     def queue(self) -> SqsDeadLetters:
-        return SqsDeadLetters(self.sqs, self.queue_url)
+        return SqsDeadLetters(self.sqs, self.queue_url, wait_seconds=self.receive_wait_seconds)
 
     def replayer(self) -> Replayer:
         return Replayer(
@@ -578,6 +580,7 @@ def local_target(workdir: Path) -> DeadLetterTarget:
         stepfunctions=client("stepfunctions"),
         queue_url=state.dead_letter_queue_url,
         state_machine=state.state_machine_arn,
+        receive_wait_seconds=0,
     )
 
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from botocore.exceptions import BotoCoreError, ClientError
@@ -42,6 +43,7 @@ dlq_app = typer.Typer(
     help="The dead-letter queue: list, show and replay what the workflow could not route.",
     no_args_is_help=True,
 )
+_T = TypeVar("_T")
 console = Console() if sys.stdout.isatty() else Console(width=140)
 err_console = Console(stderr=True)
 
@@ -88,8 +90,16 @@ def _target(workdir: Path | None, profile: str | None, region: str | None) -> De
         raise _fail(f"cannot reach the dead-letter queue: {exc}") from exc
 
 
+def _talking_to(target: DeadLetterTarget, action: Callable[[], _T]) -> _T:
+    """Run ``action``; an AWS error (credentials, permissions, the stack gone) ends the command with its message."""
+    try:
+        return action()
+    except (BotoCoreError, ClientError) as exc:
+        raise _fail(f"{target.description}: {exc}") from exc
+
+
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {escape(message)}")
+    err_console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -134,7 +144,7 @@ def list_command(
     """List dead-lettered objects, oldest failure first (the queue is left as it was)."""
     selection = Selection(reason=reason, since=_since(since), limit=limit)
     target = _target(workdir, profile, region)
-    scan = list_dead_letters(target.queue(), selection)
+    scan = _talking_to(target, lambda: list_dead_letters(target.queue(), selection))
     if as_json:
         _print_json(scan.to_dict())
         return
@@ -152,7 +162,7 @@ def show_command(
 ) -> None:
     """Show every message of one object (or one message): reason, cause, times, the original request."""
     target = _target(workdir, profile, region)
-    scan = find_dead_letters(target.queue(), wanted)
+    scan = _talking_to(target, lambda: find_dead_letters(target.queue(), wanted))
     if as_json:
         _print_json(scan.to_dict() | {"messages": [m.to_dict(full=True) for m in scan.selected]})
     else:
@@ -180,7 +190,7 @@ def replay_command(
     """Start the workflow again for the selected objects; each message is deleted once its new run is accepted."""
     selection = Selection(reason=reason, since=_since(since), limit=limit)
     target = _target(workdir, profile, region)
-    report = target.replayer().replay(selection, dry_run=dry_run)
+    report = _talking_to(target, lambda: target.replayer().replay(selection, dry_run=dry_run))
     if as_json:
         _print_json(report.to_dict())
     else:
