@@ -918,16 +918,12 @@ class StackBuilder:
                 statements=[
                     allow(
                         "DrainDeadLetterQueue",
-                        [
-                            "sqs:ChangeMessageVisibility",
-                            "sqs:DeleteMessage",
-                            "sqs:GetQueueAttributes",
-                            "sqs:GetQueueUrl",
-                            "sqs:ReceiveMessage",
-                        ],
+                        ["sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:GetQueueUrl", "sqs:ReceiveMessage"],
                         dlq,
                     ),
                     allow("RestartWorkflow", ["states:StartExecution"], ref("Workflow")),
+                    # Checks that the photo is still there (HEAD) before restarting its workflow.
+                    *inbox_read,
                 ],
             ),
         ]

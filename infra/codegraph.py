@@ -2,9 +2,9 @@
 
 Two views of one handler (``services/<name>/handler.py``):
 
-- :func:`import_closure`: every first-party module it imports, directly or not (function-level imports
-  included, ``if TYPE_CHECKING:`` blocks excluded), and the third-party top-level packages those import.
-  The packager ships exactly these.
+- :func:`import_closure`: every first-party module it loads (module-level imports, transitively, plus the
+  imports inside the functions it can reach; ``if TYPE_CHECKING:`` blocks excluded), and the third-party
+  top-level packages those import. The packager ships exactly these.
 - :func:`reachable_code`: the functions and classes its handler module can reach by name, following
   imports into ``bayroute``/``services``; a reachable class brings all its methods and bases. Module-level
   statements of a module whose members are reached count too (they run at import). The IAM check reads the
@@ -132,18 +132,32 @@ def _bindings(module: Module) -> dict[str, Binding]:
     return bindings
 
 
-def _imported_modules(module: Module) -> Iterator[str]:
-    for node in _walk_runtime(module.tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                yield alias.name
-        elif isinstance(node, ast.ImportFrom):
-            source = _absolute(module, node)
-            yield source
-            for alias in node.names:
-                submodule = f"{source}.{alias.name}"
-                if _is_first_party(submodule) and module_path(submodule) is not None:
-                    yield submodule
+def _import_targets(module: Module, node: ast.AST) -> Iterator[str]:
+    """The modules an ``import`` statement of ``module`` loads."""
+    if isinstance(node, ast.Import):
+        for alias in node.names:
+            yield alias.name
+    elif isinstance(node, ast.ImportFrom):
+        source = _absolute(module, node)
+        yield source
+        for alias in node.names:
+            submodule = f"{source}.{alias.name}"
+            if _is_first_party(submodule) and module_path(submodule) is not None:
+                yield submodule
+
+
+def _walk_module_level(node: ast.AST) -> Iterator[ast.AST]:
+    """What runs when a module is imported: everything but function bodies and ``if TYPE_CHECKING:``."""
+    for child in ast.iter_child_nodes(node):
+        if _is_type_checking_block(child) or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        yield child
+        yield from _walk_module_level(child)
+
+
+def _module_level_imports(module: Module) -> Iterator[str]:
+    for node in _walk_module_level(module.tree):
+        yield from _import_targets(module, node)
 
 
 def _with_parents(name: str) -> list[str]:
@@ -159,25 +173,36 @@ class ImportClosure:
 
 
 def import_closure(entry: str) -> ImportClosure:
-    """Every first-party module ``entry`` imports (transitively) and the third-party packages they import."""
+    """Every module ``entry`` loads: module-level imports, transitively, and the imports inside the functions
+    it can reach (:func:`reachable_code`), so that a function-level import in code the handler never runs (a
+    CLI helper that imports the local runtime) does not drag that code's packages into the function."""
     seen: set[str] = set()
     third_party: set[str] = set()
     external: set[str] = set()
     pending = [entry]
+    for module, node in reachable_code(entry).walk():
+        pending.extend(_import_targets(module, node))
+
+    def add(imported: str) -> None:
+        if _is_first_party(imported):
+            pending.append(imported)
+            return
+        top = imported.split(".", 1)[0]
+        if top and top not in sys.stdlib_module_names and top != "__future__":
+            third_party.add(top)
+            external.add(imported)
+
     while pending:
         name = pending.pop()
+        if not _is_first_party(name):
+            add(name)
+            continue
         for candidate in _with_parents(name):
             if candidate in seen or module_path(candidate) is None:
                 continue
             seen.add(candidate)
-            for imported in _imported_modules(load_module(candidate)):
-                if _is_first_party(imported):
-                    pending.append(imported)
-                else:
-                    top = imported.split(".", 1)[0]
-                    if top and top not in sys.stdlib_module_names and top != "__future__":
-                        third_party.add(top)
-                        external.add(imported)
+            for imported in _module_level_imports(load_module(candidate)):
+                add(imported)
     return ImportClosure(
         modules=frozenset(seen), third_party=frozenset(third_party), external_modules=frozenset(external)
     )

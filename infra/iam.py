@@ -69,6 +69,10 @@ OPERATION_GRANTS: dict[tuple[str, str], Grant] = {
         "HEAD is authorised as GetObject (GetObjectVersion with VersionId); ListBucket as for GetObject",
     ),
     ("s3", "ListObjectsV2"): Grant(frozenset({"s3:ListBucket"}), reason="ListObjectsV2 is authorised as ListBucket"),
+    # SQS authorises its batch operations as the single-message actions.
+    ("sqs", "ChangeMessageVisibilityBatch"): Grant(frozenset({"sqs:ChangeMessageVisibility"})),
+    ("sqs", "DeleteMessageBatch"): Grant(frozenset({"sqs:DeleteMessage"})),
+    ("sqs", "SendMessageBatch"): Grant(frozenset({"sqs:SendMessage"})),
     ("sns", "Publish"): Grant(
         frozenset({"sns:Publish", "kms:GenerateDataKey", "kms:Decrypt"}),
         reason="the on-call topic is KMS-encrypted: a publisher needs the key",
