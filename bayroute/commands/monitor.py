@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -101,12 +101,12 @@ def _stack(workdir: Path) -> LocalStackClients:
 
 @dataclass
 class Sources:
-    """What a command read: the observations, how reading went, and where from."""
+    """What a command read: the observations, how reading went, where from, and the stack's clients if any."""
 
     observations: list[Observation]
     tally: ReadTally
     description: str
-    stack: LocalStackClients | None = None
+    client: Callable[[str], Any] | None = None
 
 
 def _read_sources(settings: Settings, workdir: Path | None, capture: str | None) -> Sources:
@@ -119,7 +119,7 @@ def _read_sources(settings: Settings, workdir: Path | None, capture: str | None)
         observations, tally = read_s3_capture(
             stack.client("s3"), bucket, settings.prefixes.capture, input_size=size, max_pixels=pixels
         )
-        return Sources(observations, tally, f"local stack in {(workdir or Path('.')).resolve()}", stack)
+        return Sources(observations, tally, f"local stack in {(workdir or Path('.')).resolve()}", stack.client)
     if capture.startswith("s3://"):
         import boto3
 
@@ -145,8 +145,8 @@ def _baselines(settings: Settings, model: Path | None) -> dict[str, Baseline]:
 def _labels(sources: Sources, settings: Settings, labels_csv: Path | None) -> list[Label] | None:
     """Labels from the stack's ``labels/`` prefix and from ``labels_csv``; None when there are none at all."""
     found: list[Label] = []
-    if sources.stack is not None:
-        found += read_s3_labels(sources.stack.client("s3"), settings.names.capture_bucket, LABELS_PREFIX)
+    if sources.client is not None:
+        found += read_s3_labels(sources.client("s3"), settings.names.capture_bucket, LABELS_PREFIX)
     if labels_csv is not None:
         try:
             found += parse_labels_csv(labels_csv.read_text(encoding="utf-8"), source=str(labels_csv))
@@ -155,15 +155,63 @@ def _labels(sources: Sources, settings: Settings, labels_csv: Path | None) -> li
     return found or None
 
 
-def _alarms(stack: LocalStackClients, settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    cloudwatch = stack.client("cloudwatch")
+def _alarms(client: Callable[[str], Any], settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    cloudwatch = client("cloudwatch")
     alarms = [
         alarm
         for page in cloudwatch.get_paginator("describe_alarms").paginate(AlarmTypes=["MetricAlarm"])
         for alarm in page.get("MetricAlarms", [])
     ]
-    history = S3AlarmHistory(stack.client("s3"), settings.names.capture_bucket, ALARM_HISTORY_PREFIX)
+    history = S3AlarmHistory(client("s3"), settings.names.capture_bucket, ALARM_HISTORY_PREFIX)
     return alarms, history.transitions()
+
+
+def stack_report(
+    client: Callable[[str], Any],
+    settings: Settings,
+    out: Path,
+    *,
+    description: str = "local stack",
+    labels_csv: Path | None = None,
+    window_seconds: int | None = None,
+) -> dict[str, Any]:
+    """The report of a running stack (``client(service)`` gives its boto3 clients, as ``LocalStack.client`` does):
+    its captured inferences, alarms and their history, and labels; returns the summary with the files' paths."""
+    observations, tally = read_s3_capture(
+        client("s3"),
+        settings.names.capture_bucket,
+        settings.prefixes.capture,
+        input_size=settings.model_input_size,
+        max_pixels=settings.limits.max_image_pixels,
+    )
+    sources = Sources(observations, tally, description, client)
+    return _write(sources, settings, out, threshold=settings.threshold, labels_csv=labels_csv, window=window_seconds)
+
+
+def _write(
+    sources: Sources,
+    settings: Settings,
+    out: Path,
+    *,
+    threshold: float,
+    labels_csv: Path | None,
+    window: int | None,
+    model: Path | None = None,
+) -> dict[str, Any]:
+    found_labels = _labels(sources, settings, labels_csv)
+    alarms, history = _alarms(sources.client, settings) if sources.client is not None else ([], [])
+    data = ReportInput(
+        observations=sources.observations,
+        tally=sources.tally,
+        threshold=threshold,
+        source=sources.description,
+        baselines=_baselines(settings, model),
+        alarms=alarms,
+        alarm_history=history,
+        feedback=join_labels(sources.observations, found_labels) if found_labels else None,
+        window_seconds=window,
+    )
+    return write_report(data, out)
 
 
 @app.command("report")
@@ -183,20 +231,7 @@ def report(
     settings = load_settings()
     sources = _read_sources(settings, workdir, capture)
     routing_threshold = settings.threshold if threshold is None else threshold
-    found_labels = _labels(sources, settings, labels)
-    alarms, history = _alarms(sources.stack, settings) if sources.stack is not None else ([], [])
-    data = ReportInput(
-        observations=sources.observations,
-        tally=sources.tally,
-        threshold=routing_threshold,
-        source=sources.description,
-        baselines=_baselines(settings, model),
-        alarms=alarms,
-        alarm_history=history,
-        feedback=join_labels(sources.observations, found_labels) if found_labels else None,
-        window_seconds=window,
-    )
-    summary = write_report(data, out)
+    summary = _write(sources, settings, out, threshold=routing_threshold, labels_csv=labels, window=window, model=model)
     if as_json:
         print(json.dumps(summary, default=str))
         return
@@ -217,7 +252,7 @@ def alarms(
 ) -> None:
     """Show the alarms of the stack running in WORKDIR: states, and their changes so far."""
     stack = _stack(workdir or Path("."))
-    current, history = _alarms(stack, load_settings())
+    current, history = _alarms(stack.client, load_settings())
     if as_json:
         print(
             json.dumps(
@@ -349,12 +384,11 @@ def feedback(
     except (OSError, UnicodeDecodeError, LabelsFormatError) as exc:
         raise _fail(str(exc)) from exc
     sources = _read_sources(settings, workdir, None)
-    assert sources.stack is not None
+    assert sources.client is not None  # no --capture: the stack's
+    s3 = sources.client("s3")
     key = f"{LABELS_PREFIX}{labels_csv.name}"
-    sources.stack.client("s3").put_object(
-        Bucket=settings.names.capture_bucket, Key=key, Body=text.encode("utf-8"), ContentType="text/csv"
-    )
-    stored = read_s3_labels(sources.stack.client("s3"), settings.names.capture_bucket, LABELS_PREFIX)
+    s3.put_object(Bucket=settings.names.capture_bucket, Key=key, Body=text.encode("utf-8"), ContentType="text/csv")
+    stored = read_s3_labels(s3, settings.names.capture_bucket, LABELS_PREFIX)
     joined = join_labels(sources.observations, stored)
     result = {
         "stored": f"s3://{settings.names.capture_bucket}/{key}",

@@ -81,16 +81,17 @@ def provision_monitoring(
     if queue_arn not in subscribed:
         sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
     cloudwatch = session.client("cloudwatch")
-    existing = {a["AlarmName"] for a in cloudwatch.describe_alarms(AlarmTypes=["MetricAlarm"])["MetricAlarms"]}
+    existing = {a["AlarmName"]: a for a in cloudwatch.describe_alarms(AlarmTypes=["MetricAlarm"])["MetricAlarms"]}
     for definition in definitions:
         cloudwatch.put_metric_alarm(**definition.put_metric_alarm_arguments(settings, _arn, [topic_arn]))
-        if definition.name not in existing:
-            # CloudWatch starts a new alarm in INSUFFICIENT_DATA; moto starts it in OK.
-            cloudwatch.set_alarm_state(
-                AlarmName=definition.name,
-                StateValue="INSUFFICIENT_DATA",
-                StateReason="Unchecked: Initial alarm creation",
-            )
+        # CloudWatch starts a new alarm in INSUFFICIENT_DATA and leaves an updated one in its state; moto puts
+        # every alarm it is given in OK.
+        before = existing.get(definition.name)
+        cloudwatch.set_alarm_state(
+            AlarmName=definition.name,
+            StateValue=before["StateValue"] if before else "INSUFFICIENT_DATA",
+            StateReason=before["StateReason"] if before else "Unchecked: Initial alarm creation",
+        )
     return MonitoringResources(
         oncall_topic_arn=topic_arn,
         oncall_queue_url=queue_url,

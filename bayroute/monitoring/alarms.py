@@ -25,6 +25,7 @@ message CloudWatch publishes, with CloudWatch's subject.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -558,9 +559,10 @@ class S3AlarmHistory:
 
     def record(self, transition: Transition) -> None:
         stamp = transition.changed_at.astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        # The recording clock orders changes evaluated for the same instant, and keeps their keys apart.
         self._s3.put_object(
             Bucket=self.bucket,
-            Key=f"{self.prefix}/{stamp}-{transition.alarm_name}.json",
+            Key=f"{self.prefix}/{stamp}-{time.time_ns():020d}-{transition.alarm_name}.json",
             Body=json.dumps(transition.to_dict()).encode("utf-8"),
             ContentType="application/json",
         )

@@ -124,7 +124,7 @@ class Monitor:
         self._s3 = s3
         self._sink = sink
         self.config = config
-        self._baselines = dict(baselines or {})
+        self.baselines = dict(baselines or {})
         self._store = StateStore(s3, config.bucket, config.state_key)
 
     def run_once(self) -> PassResult:
@@ -141,7 +141,7 @@ class Monitor:
             observations,
             window_seconds=config.window_seconds,
             threshold=config.threshold,
-            baselines=self._baselines,
+            baselines=self.baselines,
             default_endpoint=config.endpoint,
         )
         datums = [d for s in summaries for d in window_datums(s, config.service)]
@@ -190,7 +190,7 @@ class Monitor:
         overall: dict[str, float] = {}
         for (endpoint, version), newest in latest.items():
             totals = state.drift_totals(_series(endpoint, version), since=newest + window - horizon)
-            values = self._baselines[version].drift(totals, self.config.min_drift_samples)
+            values = self.baselines[version].drift(totals, self.config.min_drift_samples)
             if values:
                 drift[(endpoint, version)] = values
                 for feature, value in values.items():

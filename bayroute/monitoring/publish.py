@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TextIO
 
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import AmazonCloudWatchEMFProvider
 
 from bayroute.monitoring.windows import WindowSummary
@@ -44,8 +45,9 @@ INPUT_MEGAPIXELS = "InputOriginalMegapixelsMean"
 DRIFT_SCORE = "DriftScore"
 PSI_METRICS = {"confidence": "PsiConfidence", "brightness": "PsiBrightness", "contrast": "PsiContrast"}
 
-# EMF allows 100 metrics per document; PutMetricData 1000 datums per call.
-_EMF_MAX_METRICS = 100
+# EMF allows 100 metrics per document, but Powertools prints and clears its set by itself when it reaches 100;
+# PutMetricData takes 1000 datums per call.
+_EMF_MAX_METRICS = 99
 _PUT_BATCH = 500
 
 
@@ -138,6 +140,8 @@ class EmfSink:
         self._stream = stream
 
     def publish(self, datums: Sequence[MetricDatum]) -> None:
+        if is_metrics_disabled():  # POWERTOOLS_METRICS_DISABLED, as for every Powertools metric
+            return
         stream = self._stream or sys.stdout
         for document in self.documents(datums):
             stream.write(json.dumps(document, separators=(",", ":")) + "\n")

@@ -30,7 +30,7 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -235,10 +235,10 @@ def parse_output(body: bytes, content_type: str, labels: Sequence[str] | None = 
 
 
 def _input_features(
-    captured: CapturedInference, input_size: int, max_pixels: int
+    captured: CapturedInference, stats: Mapping[str, Any] | None, input_size: int, max_pixels: int
 ) -> tuple[int | None, int | None, float | None, float | None]:
-    """(original width, original height, brightness, contrast) of the captured input, None where unknown."""
-    _, stats = capture_context(captured.custom_attributes)
+    """(original width, original height, brightness, contrast) of the captured input, None where unknown;
+    ``stats`` are the ``input_stats`` the record carries, if any."""
     width = height = None
     if stats is not None:
         try:
@@ -273,10 +273,10 @@ def observations_from_line(
     predictions = parse_output(captured.output_body, captured.output_content_type, record_labels)
     if not predictions:
         tally.outputs_unrecognized += 1
-    width, height, bright, contr = _input_features(captured, input_size, max_pixels)
+    object_key, stats = capture_context(captured.custom_attributes)
+    width, height, bright, contr = _input_features(captured, stats, input_size, max_pixels)
     if bright is None:
         tally.inputs_without_stats += 1
-    object_key, _ = capture_context(captured.custom_attributes)
     endpoint, variant = endpoint_and_variant(source)
     unscored = Observation(
         event_id=captured.event_id,

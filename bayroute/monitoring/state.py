@@ -21,6 +21,7 @@ by at most the workflow's duration (minutes); listing starts ``KEY_TIME_LAG`` be
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -122,6 +123,9 @@ class MonitorState:
         return json.dumps(
             {
                 "version": STATE_VERSION,
+                # Unique per write, so that two passes committing the same watermark still differ in ETag and
+                # the conditional write refuses the second.
+                "write_id": uuid.uuid4().hex,
                 "cursor": None if self.cursor is None else _iso(self.cursor),
                 "seen": {key: _iso(when) for key, when in sorted(self.seen.items())},
                 "drift": self.drift,

@@ -45,5 +45,8 @@ def monitor() -> Monitor:
 @event_source(data_class=EventBridgeEvent)
 def handler(event: EventBridgeEvent, context: LambdaContext) -> dict[str, Any]:
     result = monitor().run_once().to_dict()
-    logger.info("monitor pass", extra={"trigger": event.detail_type, "scheduled_at": event.time, "result": result})
+    # A manual invocation ({}) runs a pass too: the event only says what triggered it.
+    logger.info(
+        "monitor pass", extra={"trigger": event.get("detail-type"), "scheduled_at": event.get("time"), "result": result}
+    )
     return result
