@@ -309,16 +309,28 @@ def _post(url: str, body: Mapping[str, Any]) -> None:
 
 
 def _notifications(sqs: Any, queue_url: str) -> list[tuple[dict[str, Any], str]]:
-    """Every message in the queue as (SNS envelope, receipt handle), without consuming them (visibility 0)."""
-    seen: dict[str, tuple[dict[str, Any], str]] = {}
-    while True:
-        batch = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, VisibilityTimeout=0).get("Messages", [])
-        fresh = [m for m in batch if m["MessageId"] not in seen]
-        if not fresh:
-            break
-        for message in fresh:
-            seen[message["MessageId"]] = (json.loads(message["Body"]), message["ReceiptHandle"])
-    return sorted(seen.values(), key=lambda item: str(item[0].get("Timestamp")))
+    """Every message in the queue as (SNS envelope, receipt handle), oldest first.
+
+    Messages are received hidden, so that each receive returns new ones, until none is left; the caller makes
+    them visible again (``_release``) unless it consumes them.
+    """
+    found: dict[str, tuple[dict[str, Any], str]] = {}
+    while batch := sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, VisibilityTimeout=60).get(
+        "Messages", []
+    ):
+        for message in batch:
+            found[message["MessageId"]] = (json.loads(message["Body"]), message["ReceiptHandle"])
+    return sorted(found.values(), key=lambda item: str(item[0].get("Timestamp")))
+
+
+def _release(sqs: Any, queue_url: str, receipts: list[str]) -> None:
+    """Make received messages visible again at once: showing notifications consumes none."""
+    for start in range(0, len(receipts), 10):
+        entries = [
+            {"Id": str(i), "ReceiptHandle": receipt, "VisibilityTimeout": 0}
+            for i, receipt in enumerate(receipts[start : start + 10])
+        ]
+        sqs.change_message_visibility_batch(QueueUrl=queue_url, Entries=entries)
 
 
 def oncall(
@@ -339,16 +351,21 @@ def oncall(
     queue_url = sqs.get_queue_url(QueueName=settings.names.oncall_queue)["QueueUrl"]
     notifications = _notifications(sqs, queue_url)
     rows = []
-    for envelope, receipt in notifications:
-        message = json.loads(envelope["Message"])
-        text = f"{message['NewStateValue']}: {message['AlarmName']} — {message['NewStateReason']}"
-        rows.append({"subject": envelope.get("Subject"), "received": envelope.get("Timestamp"), "message": message})
-        if webhook is not None:
-            try:
-                _post(webhook, {"text": text, "subject": envelope.get("Subject"), "message": message})
-            except (urllib.error.URLError, OSError) as exc:
-                raise _fail(f"webhook {webhook} refused the notification: {exc}", code=1) from exc
-            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=receipt)
+    kept = [receipt for _, receipt in notifications]
+    try:
+        for envelope, receipt in notifications:
+            message = json.loads(envelope["Message"])
+            text = f"{message['NewStateValue']}: {message['AlarmName']} — {message['NewStateReason']}"
+            rows.append({"subject": envelope.get("Subject"), "received": envelope.get("Timestamp"), "message": message})
+            if webhook is not None:
+                try:
+                    _post(webhook, {"text": text, "subject": envelope.get("Subject"), "message": message})
+                except (urllib.error.URLError, OSError) as exc:
+                    raise _fail(f"webhook {webhook} refused the notification: {exc}", code=1) from exc
+                sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=receipt)
+                kept.remove(receipt)
+    finally:
+        _release(sqs, queue_url, kept)
     if as_json:
         print(json.dumps(rows))
         return

@@ -30,7 +30,9 @@ from bayroute.domain import ObjectRef, WorkflowRequest
 from bayroute.local.monitoring import LocalMonitor, MonitoringResources, provision_monitoring
 from bayroute.local.provision import provision
 from bayroute.model.onnx_model import OnnxClassifier
+from bayroute.monitoring.alarms import load_alarm_definitions
 from bayroute.monitoring.monitor import MonitorConfig
+from bayroute.monitoring.publish import DRIFT_SCORE
 from bayroute.steps.infer import Infer
 from bayroute.steps.serialize import Serialize
 
@@ -106,15 +108,17 @@ def darkened_photos(dataset: Path, count: int) -> list[tuple[str, bytes]]:
 
 
 def test_darkened_photos_raise_the_drift_alarm_and_on_call_hears_of_it(site: Site, shared_dataset: Path) -> None:
+    alarm = next(d for d in load_alarm_definitions() if d.metric == DRIFT_SCORE)
     now = datetime.now(UTC).replace(second=0, microsecond=0)
-    photos = darkened_photos(shared_dataset, 3 * PER_TICK)
+    # One schedule tick per period of the alarm, each in its own period, the last one just ended.
+    ticks = [now - timedelta(seconds=alarm.period * k + 120) for k in reversed(range(alarm.evaluation_periods))]
+    photos = darkened_photos(shared_dataset, len(ticks) * PER_TICK)
     # The sample floor of drift is lowered from 200 to one tick's records to keep the test short; darkening
     # moves brightness PSI to about 5, far beyond what 30 records of undisturbed photos reach.
     config = MonitorConfig.from_settings(site.settings, min_drift_samples=PER_TICK)
     monitor = LocalMonitor(site.session, site.settings, config=config)
     assert set(monitor.monitor.baselines) == {site.model.model_version}
 
-    ticks = [now - timedelta(minutes=12), now - timedelta(minutes=7), now - timedelta(minutes=2)]
     states_after: list[str] = []
     for tick, start in zip(ticks, range(0, len(photos), PER_TICK), strict=True):
         for offset, (name, data) in enumerate(photos[start : start + PER_TICK]):
@@ -122,17 +126,16 @@ def test_darkened_photos_raise_the_drift_alarm_and_on_call_hears_of_it(site: Sit
         result, _ = monitor.run_once(now=tick + timedelta(minutes=1))
         assert result.objects_read == PER_TICK
         assert result.drift[(None, None)]["brightness"] > 1.0
-        drift_alarm = site.session.client("cloudwatch").describe_alarms(AlarmNames=["bayroute-drift"])["MetricAlarms"][
-            0
-        ]
-        states_after.append(drift_alarm["StateValue"])
-    # 3 of 3 five-minute periods must breach: the alarm waits for the third.
-    assert states_after == ["OK", "OK", "ALARM"]
+        [described] = site.session.client("cloudwatch").describe_alarms(AlarmNames=[alarm.name])["MetricAlarms"]
+        states_after.append(described["StateValue"])
+    # M of N periods must breach: the alarm waits for the M-th tick.
+    m = alarm.datapoints_to_alarm
+    assert states_after == ["OK"] * (m - 1) + ["ALARM"] * (len(ticks) - m + 1)
 
-    notifications = [n for n in site.oncall() if json.loads(n["Message"])["AlarmName"] == "bayroute-drift"]
-    alarm = json.loads(notifications[-1]["Message"])
-    assert notifications[-1]["Subject"] == 'ALARM: "bayroute-drift" in US East (N. Virginia)'
-    assert (alarm["OldStateValue"], alarm["NewStateValue"]) == ("OK", "ALARM")
-    assert alarm["Trigger"]["MetricName"] == "DriftScore"
-    assert alarm["NewStateReason"].startswith("Threshold Crossed: 3 out of the last 3 datapoints")
-    assert alarm["AlarmDescription"].startswith("For 15 minutes, the inputs or predictions moved away")
+    notifications = [n for n in site.oncall() if json.loads(n["Message"])["AlarmName"] == alarm.name]
+    message = json.loads(notifications[-1]["Message"])
+    assert notifications[-1]["Subject"] == f'ALARM: "{alarm.name}" in US East (N. Virginia)'
+    assert (message["OldStateValue"], message["NewStateValue"]) == ("OK", "ALARM")
+    assert message["Trigger"]["MetricName"] == DRIFT_SCORE
+    assert message["NewStateReason"].startswith(f"Threshold Crossed: {m} out of the last {alarm.evaluation_periods}")
+    assert message["AlarmDescription"] == alarm.description

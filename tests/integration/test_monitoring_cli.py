@@ -123,6 +123,13 @@ def test_oncall_shows_notifications_and_hands_them_to_a_webhook(stack_dir: Path)
     shown = invoke("oncall", "--workdir", str(stack_dir), "--json")
     assert len(shown) == 6 and {n["message"]["NewStateValue"] for n in shown} == {"OK"}
     assert invoke("oncall", "--workdir", str(stack_dir), "--json") == shown  # showing consumes nothing
+    # More than one receive's worth (10): the same notifications again, as a flapping alarm would send them.
+    sns = monitor.LocalStackClients(read_state(stack_dir).aws_endpoint_url).client("sns")
+    topic_name = load_settings().names.oncall_topic
+    topic = next(t["TopicArn"] for t in sns.list_topics()["Topics"] if t["TopicArn"].endswith(f":{topic_name}"))
+    for notification in shown:
+        sns.publish(TopicArn=topic, Subject=notification["subject"], Message=json.dumps(notification["message"]))
+    assert len(invoke("oncall", "--workdir", str(stack_dir), "--json")) == 12
     server = HTTPServer(("127.0.0.1", 0), _Hook)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -132,7 +139,7 @@ def test_oncall_shows_notifications_and_hands_them_to_a_webhook(stack_dir: Path)
     finally:
         server.shutdown()
         server.server_close()
-    assert len(_Hook.received) == 6
+    assert len(_Hook.received) == 12
     assert _Hook.received[0]["text"].startswith("OK: bayroute-")
     assert _Hook.received[0]["message"]["Trigger"]["Namespace"]
     assert invoke("oncall", "--workdir", str(stack_dir), "--json") == []  # delivered ones left the queue
