@@ -477,6 +477,9 @@ class AlarmEvaluator:
         now = now or self._clock()
         transitions = []
         for alarm in self.alarms():
+            if "MetricName" not in alarm or "Statistic" not in alarm:
+                # Metric math and percentile alarms: moto computes neither, and infra/alarms.json defines none.
+                continue
             transition = self.evaluate_alarm(alarm, now)
             if transition is not None:
                 transitions.append(transition)

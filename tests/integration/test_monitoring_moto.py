@@ -291,3 +291,34 @@ def test_the_handler_runs_one_pass_on_a_schedule_event_and_logs_emf(
     )
     assert overall["RequestCount"] == [1.0]
     assert overall["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "bayroute"
+
+
+def test_alarms_the_evaluator_cannot_compute_are_left_alone(aws: boto3.Session) -> None:
+    cloudwatch = aws.client("cloudwatch")
+    cloudwatch.put_metric_alarm(
+        AlarmName="someone-elses-math",
+        EvaluationPeriods=1,
+        Threshold=1.0,
+        ComparisonOperator="GreaterThanThreshold",
+        Metrics=[
+            {
+                "Id": "m",
+                "MetricStat": {
+                    "Metric": {"Namespace": "bayroute", "MetricName": "RequestCount"},
+                    "Period": 60,
+                    "Stat": "Sum",
+                },
+            }
+        ],
+    )
+    cloudwatch.put_metric_alarm(
+        AlarmName="someone-elses-p99",
+        Namespace="bayroute",
+        MetricName="ConfidenceMean",
+        ExtendedStatistic="p99",
+        Period=60,
+        EvaluationPeriods=1,
+        Threshold=1.0,
+        ComparisonOperator="GreaterThanThreshold",
+    )
+    assert AlarmEvaluator(cloudwatch, aws.client("sns"), region=REGION).evaluate_all(NOW) == []
