@@ -17,6 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from bayroute.commands import data as data_commands
+from bayroute.commands import monitor as monitor_commands
+from bayroute.commands.dlq import dlq_app
 from bayroute.commands.evaluate import evaluate_command
 from bayroute.commands.predict import predict_command
 from bayroute.commands.serve import serve_command
@@ -33,6 +35,12 @@ app.add_typer(data_commands.app, name="data")
 app.command("evaluate")(evaluate_command)
 app.command("predict")(predict_command)
 app.command("serve")(serve_command)
+app.add_typer(dlq_app, name="dlq")
+app.add_typer(monitor_commands.app, name="monitor")
+app.add_typer(monitor_commands.threshold_app, name="threshold")
+app.command("alarms")(monitor_commands.alarms)
+app.command("oncall")(monitor_commands.oncall)
+app.command("feedback")(monitor_commands.feedback)
 # Piped output (CI logs, `| tee`) gets a readable width instead of rich's 80-column default.
 console = Console() if sys.stdout.isatty() else Console(width=140)
 err_console = Console(stderr=True)
@@ -207,6 +215,9 @@ def demo(
     ] = None,
     per_class: Annotated[int, typer.Option(help="Real images of each class in the batch.")] = 10,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for every outcome.")] = 90.0,
+    report_dir: Annotated[Path, typer.Option(help="Where the monitoring report of the run is written.")] = Path(
+        "demo-report"
+    ),
 ) -> None:
     """The main job, end to end on the local default: start the stack, route a mixed batch, stop."""
     from bayroute.local.demo import DemoDataMissing, demo_batch
@@ -225,7 +236,7 @@ def demo(
         with running_stack(
             root, load_settings(), quiet=True, on_settled=lambda _path, record: settled.append(record)
         ) as (
-            _stack,
+            stack,
             folder,
         ):
             console.print(f"local stack up in {time.monotonic() - started:.1f} s; submitting {len(batch)} files")
@@ -237,11 +248,13 @@ def demo(
             while len(settled) < len(batch) and time.monotonic() < deadline:
                 time.sleep(0.1)
             counts = folder.counts
+            summary = monitor_commands.stack_report(stack.client, stack.settings, report_dir, description="make demo")
         console.print(_outcome_table(settled, {item.name: item.expected for item in batch}))
         console.print(
             f"submitted {len(batch)} = routed {counts.routed} + dead-lettered {counts.dead_lettered}"
             f"   ({time.monotonic() - started:.1f} s in all)"
         )
+        console.print(f"monitoring report: {summary['report']['html']} (and report.png beside it)")
         if counts.routed + counts.dead_lettered != len(batch):
             raise _fail(f"{len(batch) - len(settled)} object(s) reached no terminal state in {timeout:.0f} s", 1)
     finally:

@@ -13,6 +13,7 @@ from typing import Any
 
 from bayroute.config import REPO_ROOT, Settings
 from bayroute.local.lambda_api import function_arn
+from bayroute.local.monitoring import provision_monitoring
 
 WORKFLOW_DEFINITION = REPO_ROOT / "infra" / "statemachine" / "workflow.asl.json"
 SUBSTITUTION = re.compile(r"\$\{(?P<name>[A-Za-z0-9_]+)\}")
@@ -69,6 +70,7 @@ class Resources:
     dead_letter_queue_url: str
     outcomes_queue_url: str
     oncall_topic_arn: str
+    oncall_queue_url: str
     state_machine_arn: str
 
 
@@ -131,7 +133,7 @@ def provision(session: Any, settings: Settings, definition_path: Path = WORKFLOW
             Rule=rule, EventBusName=names.event_bus, Targets=[{"Id": "queue", "Arn": _queue_arn(sqs, queue_url)}]
         )
 
-    topic_arn = session.client("sns").create_topic(Name=names.oncall_topic)["TopicArn"]
+    monitoring = provision_monitoring(session, settings)
     _create_idempotency_table(session.client("dynamodb"), names.idempotency_table)
 
     definition = render_definition(
@@ -142,7 +144,8 @@ def provision(session: Any, settings: Settings, definition_path: Path = WORKFLOW
         ingest_queue_url=ingest_url,
         dead_letter_queue_url=dead_letter_url,
         outcomes_queue_url=outcomes_url,
-        oncall_topic_arn=topic_arn,
+        oncall_topic_arn=monitoring.oncall_topic_arn,
+        oncall_queue_url=monitoring.oncall_queue_url,
         state_machine_arn=state_machine_arn,
     )
 

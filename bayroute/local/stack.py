@@ -25,6 +25,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from bayroute.config import Settings
 from bayroute.local.dispatcher import SqsDispatcher
 from bayroute.local.lambda_api import REGION, Handler, LambdaInvokeMiddleware, LocalFunction
+from bayroute.local.monitoring import LocalMonitor
 from bayroute.local.provision import Resources, provision
 
 LOOPBACK = "127.0.0.1"
@@ -74,16 +75,19 @@ class LocalStack:
         handlers: Mapping[str, Handler] | None = None,
         start_model_endpoint: bool = True,
         model_endpoint_port: int = 0,
+        monitoring: bool = True,
     ) -> None:
         self.settings = settings
         self._aws_port = aws_port
         self._handlers = handlers
         self._start_model_endpoint = start_model_endpoint
         self._model_endpoint_port = model_endpoint_port
+        self._monitoring = monitoring
         self._server: BaseWSGIServer | None = None
         self._server_thread: threading.Thread | None = None
         self._model_server: Any = None
         self._dispatcher: SqsDispatcher | None = None
+        self._monitor: LocalMonitor | None = None
         self._saved_env: dict[str, str | None] = {}
         self.functions: dict[str, LocalFunction] = {}
         self.resources: Resources | None = None
@@ -129,6 +133,9 @@ class LocalStack:
 
         self.session = boto3.Session(region_name=REGION)
         self.resources = provision(self.session, self.settings)
+        if self._monitoring:
+            # moto never evaluates alarms: this thread runs the monitor and evaluates them as CloudWatch would.
+            self._monitor = LocalMonitor(self.session, self.settings).start()
         ingest = self.functions.get(self.settings.names.ingest_function)
         if ingest is not None:
             self._dispatcher = SqsDispatcher(
@@ -138,6 +145,9 @@ class LocalStack:
         return StackAddresses(aws_endpoint_url=aws_url, model_endpoint_url=model_url)
 
     def stop(self) -> None:
+        if self._monitor is not None:
+            self._monitor.stop()
+            self._monitor = None
         if self._dispatcher is not None:
             self._dispatcher.stop()
             self._dispatcher = None
