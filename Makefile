@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck lock clean
+.PHONY: install demo test lint typecheck lock clean template package deploy
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ demo: $(STAMP)
 ## The whole suite: lint, types, unit, integration and e2e tests.
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy bayroute services training
+	$(BIN)/mypy bayroute services training infra
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
@@ -28,7 +28,19 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy bayroute services training
+	$(BIN)/mypy bayroute services training infra
+
+## Regenerate infra/template.yaml from infra/settings.json and infra/alarms.json (a test checks it is current).
+template: $(STAMP)
+	$(BIN)/python -m infra.build_template
+
+## One Lambda zip per function in build/lambda/ (python3.12 arm64 wheels from PyPI, cached in .bayroute-cache/).
+package: $(STAMP)
+	$(BIN)/python -m infra.package
+
+## Deploy with the AWS SAM CLI: build the zips, then sam build && sam deploy --guided (asks before changing anything).
+deploy: package
+	cd infra && sam build && sam deploy --guided
 
 ## Regenerate constraints.txt from what the current .venv resolved.
 lock: $(STAMP)

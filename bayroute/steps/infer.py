@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from bayroute.adapters.endpoint import InferenceEndpoint
+from bayroute.adapters.endpoint import EndpointAnswer, InferenceEndpoint
 from bayroute.capture import capture_record
 from bayroute.config import Settings
 from bayroute.domain import Prediction, WorkflowRequest
@@ -91,7 +91,7 @@ class Infer:
         *,
         endpoint: InferenceEndpoint,
         staging: ObjectReader,
-        capture: CaptureSink,
+        capture: CaptureSink | None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._settings = settings
@@ -112,6 +112,25 @@ class Infer:
                 "the endpoint answered without labels: the probabilities cannot be named",
                 model_version=answer.model_version,
             )
+        if self._capture is not None:
+            self._write_capture(self._capture, request, body, content_type, answer, inference_id, input_stats)
+        return Prediction(
+            labels=list(answer.labels),
+            probabilities=list(answer.probabilities),
+            model_version=answer.model_version,
+            inference_id=inference_id,
+        ).to_dict()
+
+    def _write_capture(
+        self,
+        capture: CaptureSink,
+        request: WorkflowRequest,
+        body: bytes,
+        content_type: str,
+        answer: EndpointAnswer,
+        inference_id: str,
+        input_stats: Any,
+    ) -> None:
         inferred_at = self._clock()
         record = capture_record(
             input_body=body,
@@ -122,19 +141,13 @@ class Infer:
             inference_time=inferred_at,
             custom_attributes=capture_attributes(
                 answer.model_version,
-                answer.labels,
+                list(answer.labels or ()),
                 request.object.key,
                 input_stats if isinstance(input_stats, dict) else {},
             ),
             inference_id=inference_id,
         )
-        self._capture.write(record, _received_time(request, inferred_at))
-        return Prediction(
-            labels=list(answer.labels),
-            probabilities=list(answer.probabilities),
-            model_version=answer.model_version,
-            inference_id=inference_id,
-        ).to_dict()
+        capture.write(record, _received_time(request, inferred_at))
 
     def _image(self, image: Any) -> tuple[bytes, str]:
         """The PNG bytes and content type of serialize's payload: inline (base64) or staged in S3."""

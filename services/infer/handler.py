@@ -31,8 +31,14 @@ def infer() -> Infer:
     settings = load_settings()
     names = settings.names
     s3 = aws_client("s3")
-    capture = CaptureWriter(
-        s3, names.capture_bucket, settings.prefixes.capture, names.endpoint_name, names.endpoint_variant
+    # A SageMaker endpoint captures every inference itself (its DataCaptureConfig): a second record here
+    # would make the monitor count each inference twice.
+    capture = (
+        None
+        if settings.inference_backend == "sagemaker"
+        else CaptureWriter(
+            s3, names.capture_bucket, settings.prefixes.capture, names.endpoint_name, names.endpoint_variant
+        )
     )
     return Infer(settings, endpoint=endpoint_from_settings(settings), staging=ObjectStore(s3), capture=capture)
 

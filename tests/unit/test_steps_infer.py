@@ -159,3 +159,10 @@ def test_a_malformed_image_payload_is_an_invalid_event(rig: InferRig, image: dic
     with pytest.raises(InvalidEvent):
         rig.step.run(state(image))
     assert rig.endpoint.calls == []
+
+
+def test_without_a_capture_sink_nothing_is_written_and_the_prediction_is_the_same(rig: InferRig) -> None:
+    """The sagemaker backend: the endpoint's own data capture records the inference, not the step."""
+    uncaptured = Infer(TEST_SETTINGS, endpoint=rig.endpoint, staging=rig.staging, capture=None, clock=lambda: rig.now)
+    assert uncaptured.run(state()) == rig.step.run(state())
+    assert len(rig.s3.objects) == 1  # only the captured step wrote
