@@ -40,6 +40,7 @@ from bayroute.config import Settings
 from bayroute.deadletter import DeadLetterEntry
 from bayroute.domain import ObjectRef, WorkflowRequest, utc_now
 from bayroute.errors import InvalidEvent, reason_code
+from bayroute.steps.ingest import object_ref_from_detail
 
 # Long enough to scan a large queue and start an execution for each selected message; if the process dies
 # half-way, the messages it held come back on their own after this.
@@ -106,8 +107,6 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
 
 def redriven_event_entry(body: Mapping[str, Any], receive_count: int) -> DeadLetterEntry | None:
     """An S3 "Object Created" event that the ingest queue moved here (ingest failed on it every time), or None."""
-    from bayroute.steps.ingest import object_ref_from_detail  # the ingest step's own reading of S3 events
-
     detail = body.get("detail")
     if body.get("source") != "aws.s3" or not isinstance(detail, Mapping):
         return None

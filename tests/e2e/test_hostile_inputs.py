@@ -26,7 +26,7 @@ from bayroute.local.stack import LocalStack
 from bayroute.replay import Selection, SqsDeadLetters, list_dead_letters
 from tests import hostile
 from tests.e2e.inbox import SETTINGS, drop
-from tests.e2e.test_faults import OutcomeObserver, terminal_files, wait_until
+from tests.e2e.test_faults import OutcomeObserver, forget_earlier_stacks, terminal_files, wait_until
 
 pytestmark = pytest.mark.slow
 MAX_OBJECT_BYTES = 1 << 20  # above every legitimate case (the largest is a ~480 KB 12 MP JPEG)
@@ -77,6 +77,7 @@ def hostile_stack(workdir: Path, settings: Settings) -> Iterator[tuple[LocalStac
     handlers = {name: handler for name, handler in default_handlers(settings).items()}
     handlers[names.ingest_function] = _delete_then("ingest", _ingest_keys, {DELETED_BEFORE_INGEST})
     handlers[names.serialize_function] = _delete_then("serialize", _serialize_key, {DELETED_BEFORE_SERIALIZE})
+    forget_earlier_stacks()
     with LocalStack(settings, handlers=handlers) as stack:
         assert stack.resources is not None
         observer = OutcomeObserver(stack)
