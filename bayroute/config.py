@@ -107,6 +107,7 @@ class Settings:
     def to_env(self) -> dict[str, str]:
         """The environment variables that reproduce these settings in another process (a deployed function)."""
         env = {f"{ENV_PREFIX}{key.upper()}": value for key, value in vars(self.names).items()}
+        env.update({f"{ENV_PREFIX}{key.upper()}": str(value) for key, value in vars(self.limits).items()})
         env[f"{ENV_PREFIX}THRESHOLD"] = repr(self.threshold)
         env[f"{ENV_PREFIX}ROUTING_TABLE"] = json.dumps(
             {label: vars(route) for label, route in self.routing_table.items()}

@@ -129,6 +129,8 @@ class LocalStack:
         self._server.app = app
         self._server_thread = threading.Thread(target=self._server.serve_forever, name="moto", daemon=True)
         self._server_thread.start()
+        # moto's backends live as long as the process: start each stack from an empty account.
+        _post_json(f"{aws_url}/moto-api/reset", {})
         _post_json(f"{aws_url}/moto-api/config", {"stepfunctions": {"execute_state_machine": True}})
 
         self.session = boto3.Session(region_name=REGION)

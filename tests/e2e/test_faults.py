@@ -25,7 +25,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from moto import mock_aws
 from typer.testing import CliRunner
 
 from bayroute.commands.dlq import dlq_app
@@ -182,20 +181,9 @@ class OutcomeObserver:
         )
 
 
-def forget_earlier_stacks() -> None:
-    """Empty moto's state: it is per process, so a stack started earlier in this process left its queues full.
-
-    The tests count messages and events per object name, and other tests use the same names (their dead
-    letters would be replayed here too). Entering and leaving a ``mock_aws`` resets every moto backend.
-    """
-    with mock_aws():
-        pass
-
-
 @contextmanager
 def stack_behind_proxy(workdir: Path, settings: Settings) -> Iterator[tuple[FaultyEndpoint, InboxFolder, LocalStack]]:
     """The local stack whose model endpoint is the real model server behind a FaultyEndpoint."""
-    forget_earlier_stacks()
     model = ModelServer(
         OnnxClassifier(DEFAULT_MODEL), "127.0.0.1", 0, max_request_bytes=settings.limits.max_request_bytes
     )
@@ -408,7 +396,6 @@ def test_a_burst_of_objects_all_reach_a_terminal_state(tmp_path: Path, shared_da
     per_class = (BURST + 1) // 2
     images = {name: content for name, (_, content) in real_images(shared_dataset, per_class).items()}
     images = dict(list(images.items())[:BURST])
-    forget_earlier_stacks()
     with running_stack(tmp_path, SETTINGS, quiet=True) as (stack, folder):
         observer = OutcomeObserver(stack)
         drop(folder, images)

@@ -3,7 +3,7 @@ into the inbox bucket under keys that S3 events URL-encode; plus an object over 
 deleted before they are read. Each ends with exactly one outcome: a correct result (routed, or classified and
 sent to people below the threshold) or a dead letter with its specific reason; no worker crashes, nothing
 disappears. The table it measures is written to ``hostile-inputs.md`` in the test's folder (and printed):
-``docs/hostile-inputs.md`` is a copy."""
+the README's "Hostile and odd inputs" table is a copy."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from bayroute.local.stack import LocalStack
 from bayroute.replay import Selection, SqsDeadLetters, list_dead_letters
 from tests import hostile
 from tests.e2e.inbox import SETTINGS, drop
-from tests.e2e.test_faults import OutcomeObserver, forget_earlier_stacks, terminal_files, wait_until
+from tests.e2e.test_faults import OutcomeObserver, terminal_files, wait_until
 
 pytestmark = pytest.mark.slow
 MAX_OBJECT_BYTES = 1 << 20  # above every legitimate case (the largest is a ~480 KB 12 MP JPEG)
@@ -77,7 +77,6 @@ def hostile_stack(workdir: Path, settings: Settings) -> Iterator[tuple[LocalStac
     handlers = {name: handler for name, handler in default_handlers(settings).items()}
     handlers[names.ingest_function] = _delete_then("ingest", _ingest_keys, {DELETED_BEFORE_INGEST})
     handlers[names.serialize_function] = _delete_then("serialize", _serialize_key, {DELETED_BEFORE_SERIALIZE})
-    forget_earlier_stacks()
     with LocalStack(settings, handlers=handlers) as stack:
         assert stack.resources is not None
         observer = OutcomeObserver(stack)
@@ -103,11 +102,7 @@ def _is_ok(record: dict[str, Any]) -> bool:
     return record.get("reason") == "threshold_not_met" and record.get("class") is not None
 
 
-def test_every_hostile_input_gets_a_result_or_a_specific_dead_letter(
-    tmp_path: Path, shared_dataset: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Limits reach the handlers through the environment, as on AWS.
-    monkeypatch.setenv("BAYROUTE_MAX_OBJECT_BYTES", str(MAX_OBJECT_BYTES))
+def test_every_hostile_input_gets_a_result_or_a_specific_dead_letter(tmp_path: Path, shared_dataset: Path) -> None:
     settings = replace(SETTINGS, limits=replace(SETTINGS.limits, max_object_bytes=MAX_OBJECT_BYTES))
     photos = _real_images(shared_dataset, 1 + 2 * len(hostile.HOSTILE_KEYS) + 2)
     corpus = hostile.hostile_cases(real_image=photos[0])

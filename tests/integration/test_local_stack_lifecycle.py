@@ -25,3 +25,10 @@ def test_a_second_stack_in_the_same_process_is_refused_until_the_first_stops() -
         LocalStack(SETTINGS, handlers={}, start_model_endpoint=False).start()
     with LocalStack(SETTINGS, handlers={}, start_model_endpoint=False) as again:
         assert again.resources is not None
+
+
+def test_each_stack_starts_from_an_empty_account() -> None:
+    with LocalStack(SETTINGS, handlers={}, start_model_endpoint=False) as first:
+        first.client("s3").put_object(Bucket=SETTINGS.names.inbox_bucket, Key="left-over.png", Body=b"x")
+    with LocalStack(SETTINGS, handlers={}, start_model_endpoint=False) as second:
+        assert second.client("s3").list_objects_v2(Bucket=SETTINGS.names.inbox_bucket).get("KeyCount") == 0

@@ -51,3 +51,9 @@ def test_to_env_round_trips_through_load_settings() -> None:
 def test_malformed_overrides_are_rejected_with_a_specific_message(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         load_settings(env=env)
+
+
+def test_to_env_carries_the_limits_to_the_handlers() -> None:
+    settings = load_settings(env={"BAYROUTE_MAX_OBJECT_BYTES": "1234"})
+    assert settings.to_env()["BAYROUTE_MAX_OBJECT_BYTES"] == "1234"
+    assert load_settings(env=settings.to_env()).limits == settings.limits
