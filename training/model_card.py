@@ -23,6 +23,14 @@ def render_model_card(metadata: dict[str, str], *, model_bytes: int, total_time_
         for t, row in validation["thresholds"].items()
     )
     recipe = ", ".join(f"{k}={v}" for k, v in config.items())
+    teachers = ""
+    if config["teacher_width"] > 0:
+        accuracies = ", ".join(_percent(a) for a in training["teacher_val_accuracy"])
+        teachers = (
+            f"\n- Distillation: {config['teachers']} teacher(s) of width {config['teacher_width']} trained first "
+            f"({config['teacher_epochs']} epochs, validation accuracy {accuracies}); the served width-{config['width']}"
+            " network learned their flip-averaged probabilities on the same augmented batches."
+        )
     threshold_99 = operating_point["threshold"]
     reached = (
         "Validation accuracy never reached 90%."
@@ -45,9 +53,10 @@ Classifies a {height}x{width} RGB photo of a delivery vehicle as one of {", ".jo
 {training["command"]}
 ```
 - Seed {training["seed"]}, {training["epochs"]} epochs, device `{training["device"]}`.
-- Training took {training["wall_time_s"]:.0f} s; the whole command (data, training, export, checks)
-  {total_time_s:.0f} s. {reached}
-- Recipe (`training.train.TrainConfig`): {recipe}.
+- Training took {training["wall_time_s"]:.0f} s wall time ({training["cpu_time_s"]:.0f} CPU-seconds,
+  {training["threads"]} torch threads, system load {training["load_average_1min"]} at the end); the whole command
+  (data, training, export, checks) {total_time_s:.0f} s. {reached}
+- Recipe (`training.train.TrainConfig`): {recipe}.{teachers}
 - Served graph: uint8 NHWC in; normalisation, {metadata["tta"]} test-time augmentation, temperature
   {float(metadata["temperature"]):.3f} and softmax inside; ONNX opset 18, {model_bytes / 1e6:.2f} MB, single file.
   ONNX Runtime was checked against PyTorch at export (max abs difference < 1e-4).

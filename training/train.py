@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -30,7 +31,7 @@ TARGET_ACCURACY = 0.90  # time-to-accuracy is reported against this validation a
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 30
+    epochs: int = 80
     width: int = 8
     batch_size: int = 64
     peak_lr: float = 0.2
@@ -40,9 +41,9 @@ class TrainConfig:
     crop_padding: int = 4
     cutout_size: int = 8
     mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0
+    cutmix_alpha: float = 1.0
     mix_probability: float = 0.5  # share of batches mixed (mixup or cutmix, whichever alphas are > 0)
-    ema_decay: float = 0.0  # 0 disables the exponential moving average of the weights
+    ema_decay: float = 0.99  # 0 disables the exponential moving average of the weights
     # Distillation: with teacher_width > 0, `teachers` wider networks are trained first on the labels, and the
     # served network learns distill_weight * (their mean probabilities on each augmented batch) + the rest labels.
     teacher_width: int = 0
@@ -93,6 +94,8 @@ class TrainingRun:
     val_probabilities: np.ndarray  # calibrated, flip-averaged when config.tta_flip
     val_metrics: dict[str, Any]
     wall_time_s: float
+    cpu_time_s: float  # this process, all threads: next to wall time it shows how much CPU the run really got
+    load_average: float | None  # 1-minute system load when training ended (other jobs slow a shared machine)
     time_to_target_s: float | None  # seconds until validation accuracy first reached TARGET_ACCURACY
     device: str
     teacher_val_accuracy: list[float] = field(default_factory=list)  # each teacher's, at its last epoch
@@ -104,6 +107,9 @@ class TrainingRun:
             "config": asdict(self.config),
             "device": self.device,
             "wall_time_s": round(self.wall_time_s, 1),
+            "cpu_time_s": round(self.cpu_time_s, 1),
+            "load_average_1min": self.load_average,
+            "threads": torch.get_num_threads(),
             f"time_to_val_accuracy_{TARGET_ACCURACY:.2f}_s": (
                 None if self.time_to_target_s is None else round(self.time_to_target_s, 1)
             ),
@@ -150,6 +156,7 @@ def train(
         num_classes=num_classes,
     )
     progress = _Progress(total=config.total_epochs, start=time.perf_counter(), on_epoch=on_epoch)
+    cpu_start = time.process_time()
 
     teachers: list[nn.Module] = []
     teacher_accuracy: list[float] = []
@@ -175,6 +182,7 @@ def train(
     temperature = fit_temperature(val_logits, data.y_val)
     val_probabilities = softmax(val_logits / temperature)
     wall_time = time.perf_counter() - progress.start
+    cpu_time = time.process_time() - cpu_start
     return TrainingRun(
         model=served,
         config=config,
@@ -187,6 +195,8 @@ def train(
         val_probabilities=val_probabilities,
         val_metrics=validation_metrics(val_probabilities, data.y_val, list(dataset.classes)),
         wall_time_s=wall_time,
+        cpu_time_s=cpu_time,
+        load_average=_load_average(),
         time_to_target_s=progress.time_to_target,
         device=str(torch_device),
         teacher_val_accuracy=teacher_accuracy,
@@ -298,6 +308,13 @@ def _one_cycle(total_steps: int, warmup_share: float = 0.25) -> Callable[[int], 
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
     return factor
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):  # not available on Windows
+        return None
 
 
 def _normalise(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:

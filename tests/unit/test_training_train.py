@@ -23,7 +23,9 @@ def _red_blue(n_per_class: int = 40) -> FolderDataset:
     return FolderDataset(images=images, labels=labels, classes=["bicycle", "motorcycle"], paths=paths)
 
 
-FAST = TrainConfig(epochs=4, width=4, batch_size=16, peak_lr=0.05, cutout_size=0, seed=1)
+FAST = TrainConfig(
+    epochs=4, width=4, batch_size=16, peak_lr=0.05, cutout_size=0, cutmix_alpha=0.0, ema_decay=0.0, seed=1
+)
 
 
 @pytest.mark.slow
