@@ -27,13 +27,38 @@ class DemoDataMissing(RuntimeError):
     """Neither the shared dataset folder nor a fetched CIFAR-100 archive is available."""
 
 
-def real_images(per_class: int, seed: int, dataset: Path = SHARED_DATASET) -> list[tuple[str, Path]]:
+def fetched_dataset() -> Path:
+    """The folders `bayroute data fetch` writes from the CIFAR-100 archive it downloads once and caches."""
+    from bayroute.commands.data import FETCH_FOLDER
+    from training.cifar import default_cache_dir
+
+    return default_cache_dir() / FETCH_FOLDER
+
+
+def demo_dataset() -> Path:
+    """The shared copy of the CIFAR-100 vehicle images where it exists (machines without internet), else the
+    fetched archive's images, downloading the archive the first time."""
+    if (SHARED_DATASET / "train").is_dir():
+        return SHARED_DATASET
+    fetched = fetched_dataset()
+    if not (fetched / "train").is_dir():
+        from bayroute.commands.data import fetch_command
+        from training.cifar import CIFAR100_MD5, CIFAR100_URL, ArchiveChecksumError, DownloadError
+
+        try:
+            fetch_command(cache=None, out=None, url=CIFAR100_URL, md5=CIFAR100_MD5, progress=True, force=False)
+        except (DownloadError, ArchiveChecksumError, OSError) as exc:
+            raise DemoDataMissing(
+                f"no CIFAR-100 images: {SHARED_DATASET} is absent and the download failed ({exc})"
+            ) from exc
+    return fetched
+
+
+def real_images(per_class: int, seed: int, dataset: Path) -> list[tuple[str, Path]]:
     """(class, path) pairs drawn reproducibly from the folder-per-class training images."""
     root = dataset / "train"
     if not root.is_dir():
-        raise DemoDataMissing(
-            f"{root} not found: run `bayroute data fetch` (downloads CIFAR-100 once) or place the dataset there"
-        )
+        raise DemoDataMissing(f"{root} not found: run `bayroute data fetch` or place the dataset there")
     rng = random.Random(seed)
     picked: list[tuple[str, Path]] = []
     for label in CLASSES:
@@ -56,8 +81,8 @@ def truncated_jpeg(path: Path) -> bytes:
     return whole[: len(whole) // 3]
 
 
-def demo_batch(per_class: int = 10, seed: int = 7, dataset: Path = SHARED_DATASET) -> list[DemoFile]:
-    images = real_images(per_class, seed, dataset)
+def demo_batch(per_class: int = 10, seed: int = 7, dataset: Path | None = None) -> list[DemoFile]:
+    images = real_images(per_class, seed, dataset or demo_dataset())
     files = [DemoFile(f"{label}-{path.name}", path.read_bytes(), label) for label, path in images]
     photo_label, photo_source = images[0]
     files.append(DemoFile(f"photo-{photo_label}.jpg", photo_from(photo_source), photo_label))
