@@ -1,0 +1,399 @@
+"""The local event pipeline: a put into the inbox bucket → the ``VehicleClassified`` event, step by step.
+
+The local stack runs in this process as ``bayroute up`` runs it (moto's server, the in-process handlers
+behind the Lambda Invoke API, the dispatcher, the model endpoint, the monitor). Another process puts the
+images into the inbox bucket on a schedule and reads the outcomes queue (the EventBridge rule's SQS target
+for ``VehicleClassified``/``ObjectDeadLettered``). An object's latency runs from the start of its put to
+the moment its event reached the outcomes queue (SQS ``SentTimestamp``). Only images the model routes are
+used (confidence ≥ the threshold), so every object ends in a ``VehicleClassified`` event.
+
+Each Lambda handler is timed by wrapping the registered function's handler, and the endpoint call inside
+infer by wrapping ``HttpEndpoint.invoke``; both only read the clock, so what runs is what ``bayroute up``
+runs. Phases, in this order: one image a second (the latency goal), a burst (capacity: images routed per
+second until the last one), a sustained rate (25 images/s). A phase that leaves objects unfinished at its
+timeout ends the run: its backlog would spill into the next phase.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import multiprocessing
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bayroute.adapters import endpoint as endpoint_adapter
+from bayroute.config import Settings
+from bayroute.local.stack import LocalStack
+from bench.figures import Figure, figure, percentile
+
+P50_GOAL_MS = 100.0
+P99_GOAL_MS = 1000.0
+THROUGHPUT_GOAL = 25.0
+# How long a phase waits for its last outcome after its last put.
+PHASE_TIMEOUT_S = 45.0
+STEP_NAMES = (
+    "event_delivery",
+    "ingest_and_start",
+    "serialize",
+    "serialize_to_infer",
+    "infer_without_endpoint",
+    "endpoint",
+    "infer_to_threshold",
+    "threshold_and_event",
+)
+
+
+@dataclass
+class Timings:
+    """Wall-clock stamps (``time.time()``) per object key, written from the stack's threads."""
+
+    starts: dict[tuple[str, str], float] = field(default_factory=dict)
+    ends: dict[tuple[str, str], float] = field(default_factory=dict)
+    endpoint_ms: dict[str, float] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _keys_of(step: str, event: Any) -> list[str]:
+    if step == "ingest":
+        keys = []
+        for record in event.get("Records", []) if isinstance(event, dict) else []:
+            try:
+                keys.append(json.loads(record["body"])["detail"]["object"]["key"])
+            except (KeyError, TypeError, ValueError):
+                continue
+        return keys
+    try:
+        return [str(event["request"]["key"])]
+    except (KeyError, TypeError):
+        return []
+
+
+_current_key = threading.local()
+
+
+def _timed(step: str, handler: Callable[[Any, Any], Any], timings: Timings) -> Callable[[Any, Any], Any]:
+    @functools.wraps(handler)
+    def run(event: Any, context: Any) -> Any:
+        keys = _keys_of(step, event)
+        started = time.time()
+        _current_key.value = keys[0] if keys else None
+        try:
+            return handler(event, context)
+        finally:
+            ended = time.time()
+            with timings.lock:
+                for key in keys:
+                    timings.starts.setdefault((step, key), started)
+                    timings.ends[(step, key)] = ended
+
+    return run
+
+
+def _instrument(stack: LocalStack, timings: Timings) -> Callable[[], None]:
+    names = stack.settings.names
+    steps = {
+        names.ingest_function: "ingest",
+        names.serialize_function: "serialize",
+        names.infer_function: "infer",
+        names.threshold_function: "threshold",
+    }
+    for name, function in stack.functions.items():
+        if name in steps:
+            function.handler = _timed(steps[name], function.handler, timings)
+    original = endpoint_adapter.HttpEndpoint.invoke
+
+    def invoke(self: Any, body: bytes, content_type: str, *, inference_id: str | None = None) -> Any:
+        answer = original(self, body, content_type, inference_id=inference_id)
+        key = getattr(_current_key, "value", None)
+        if key is not None:
+            timings.endpoint_ms[key] = answer.latency_ms
+        return answer
+
+    endpoint_adapter.HttpEndpoint.invoke = invoke  # type: ignore[method-assign]
+
+    def restore() -> None:
+        endpoint_adapter.HttpEndpoint.invoke = original  # type: ignore[method-assign]
+
+    return restore
+
+
+# -- the load process ------------------------------------------------------------------------------------
+
+
+def _put_and_collect(
+    aws_url: str,
+    bucket: str,
+    outcomes_url: str,
+    items: Sequence[tuple[str, bytes]],
+    rate: float | None,
+    timeout_s: float,
+    results: Any,
+) -> None:
+    """In the load process: put ``items`` at ``rate`` per second (None: as fast as possible), read outcomes."""
+    import boto3
+    from botocore.config import Config
+
+    session = boto3.session.Session(aws_access_key_id="local", aws_secret_access_key="local", region_name="us-east-1")
+    config = Config(retries={"total_max_attempts": 1}, max_pool_connections=4)
+    s3 = session.client("s3", endpoint_url=aws_url, config=config)
+    sqs = session.client("sqs", endpoint_url=aws_url, config=config)
+    wanted = {key for key, _ in items}
+    outcomes: dict[str, tuple[str, float]] = {}
+    puts: dict[str, tuple[float, float]] = {}
+    stop = threading.Event()
+
+    def collect() -> None:
+        while not stop.is_set() and not wanted <= outcomes.keys():
+            messages = sqs.receive_message(
+                QueueUrl=outcomes_url, MaxNumberOfMessages=10, WaitTimeSeconds=1, AttributeNames=["SentTimestamp"]
+            ).get("Messages", [])
+            for message in messages:
+                try:
+                    event = json.loads(message["Body"])
+                    key = str(event["detail"]["request"]["key"])
+                except (KeyError, TypeError, ValueError):
+                    continue
+                sent = int(message["Attributes"]["SentTimestamp"]) / 1000.0
+                outcomes.setdefault(key, (str(event.get("detail-type")), sent))
+            if messages:
+                sqs.delete_message_batch(
+                    QueueUrl=outcomes_url,
+                    Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
+                )
+
+    collector = threading.Thread(target=collect, daemon=True)
+    collector.start()
+    began = time.time()
+    for index, (key, body) in enumerate(items):
+        if rate:
+            delay = began + index / rate - time.time()
+            if delay > 0:
+                time.sleep(delay)
+        started = time.time()
+        s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="image/png")
+        puts[key] = (started, time.time())
+    collector.join(timeout=timeout_s)
+    stop.set()
+    collector.join(timeout=5)
+    results.put({"puts": puts, "outcomes": outcomes})
+
+
+def _run_load(
+    aws_url: str,
+    bucket: str,
+    outcomes_url: str,
+    items: Sequence[tuple[str, bytes]],
+    rate: float | None,
+    timeout_s: float,
+) -> dict[str, Any]:
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    process = context.Process(
+        target=_put_and_collect,
+        args=(aws_url, bucket, outcomes_url, list(items), rate, timeout_s, results),
+        name="bench-pipeline-load",
+        daemon=True,
+    )
+    process.start()
+    try:
+        answer: dict[str, Any] = results.get(timeout=timeout_s + len(items) / (rate or 50) + 60)
+    finally:
+        process.join(timeout=10)
+        if process.is_alive():
+            process.kill()
+    return answer
+
+
+# -- analysis --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Phase:
+    name: str
+    offered_per_s: float | None
+    latencies_ms: list[float]
+    steps_ms: dict[str, list[float]]
+    submitted: int
+    routed: int
+    other_outcomes: int
+    missing: int
+    seconds: float  # first put start → last outcome
+    handler_ms: dict[str, list[float]]  # each Lambda handler's duration; "execution": serialize start → threshold end
+
+    @property
+    def throughput(self) -> float:
+        return self.routed / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "offered_per_s": self.offered_per_s,
+            "submitted": self.submitted,
+            "routed": self.routed,
+            "other_outcomes": self.other_outcomes,
+            "missing": self.missing,
+            "p50_ms": round(percentile(self.latencies_ms, 50), 1),
+            "p99_ms": round(percentile(self.latencies_ms, 99), 1),
+            "images_per_s": round(self.throughput, 2),
+            "steps_p50_ms": {k: round(percentile(v, 50), 2) for k, v in self.steps_ms.items() if v},
+            "steps_p99_ms": {k: round(percentile(v, 99), 2) for k, v in self.steps_ms.items() if v},
+            "handlers_p50_ms": {k: round(percentile(v, 50), 2) for k, v in self.handler_ms.items() if v},
+        }
+
+
+def _phase(name: str, rate: float | None, load: dict[str, Any], timings: Timings) -> Phase:
+    puts: dict[str, tuple[float, float]] = load["puts"]
+    outcomes: dict[str, tuple[str, float]] = load["outcomes"]
+    latencies: list[float] = []
+    steps: dict[str, list[float]] = {step: [] for step in STEP_NAMES}
+    handlers: dict[str, list[float]] = {name: [] for name in ("ingest", "serialize", "infer", "threshold", "execution")}
+    routed = other = 0
+    last = 0.0
+    with timings.lock:
+        starts, ends, endpoint_ms = dict(timings.starts), dict(timings.ends), dict(timings.endpoint_ms)
+    for key, (put_started, _) in puts.items():
+        if key not in outcomes:
+            continue
+        kind, sent = outcomes[key]
+        last = max(last, sent)
+        if kind != "VehicleClassified":
+            other += 1
+            continue
+        routed += 1
+        latencies.append((sent - put_started) * 1000.0)
+        stamps = [
+            put_started,
+            starts.get(("ingest", key)),
+            starts.get(("serialize", key)),
+            ends.get(("serialize", key)),
+            starts.get(("infer", key)),
+            ends.get(("infer", key)),
+            starts.get(("threshold", key)),
+            sent,
+        ]
+        for name in ("ingest", "serialize", "infer", "threshold"):
+            if (name, key) in starts and (name, key) in ends:
+                handlers[name].append((ends[(name, key)] - starts[(name, key)]) * 1000.0)
+        if ("threshold", key) in ends and ("serialize", key) in starts:
+            handlers["execution"].append((ends[("threshold", key)] - starts[("serialize", key)]) * 1000.0)
+        if any(stamp is None for stamp in stamps) or key not in endpoint_ms:
+            continue
+        t0, t1, t2, t3, t4, t5, t6, t8 = (float(s) for s in stamps)  # type: ignore[arg-type]
+        endpoint_s = endpoint_ms[key] / 1000.0
+        parts = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4 - endpoint_s, endpoint_s, t6 - t5, t8 - t6)
+        for step, seconds in zip(STEP_NAMES, parts, strict=True):
+            steps[step].append(seconds * 1000.0)
+    first = min((started for started, _ in puts.values()), default=0.0)
+    return Phase(
+        name=name,
+        offered_per_s=rate,
+        latencies_ms=latencies,
+        steps_ms=steps,
+        submitted=len(puts),
+        routed=routed,
+        other_outcomes=other,
+        missing=len(puts) - sum(1 for key in puts if key in outcomes),
+        seconds=max(0.0, last - first),
+        handler_ms=handlers,
+    )
+
+
+def measure(
+    settings: Settings,
+    routable_pngs: Sequence[bytes],
+    *,
+    repeats: int,
+    single_count: int,
+    sustained_seconds: float,
+    burst_count: int,
+) -> tuple[list[Figure], dict[str, Any]]:
+    timings = Timings()
+    phases: dict[str, list[Phase]] = {"one_per_second": [], "sustained": [], "burst": []}
+    counter = iter(range(10**9))
+    aborted = False
+
+    def items(count: int, tag: str) -> list[tuple[str, bytes]]:
+        return [(f"bench/{tag}-{next(counter):05d}.png", routable_pngs[i % len(routable_pngs)]) for i in range(count)]
+
+    started = time.perf_counter()
+    with LocalStack(settings) as stack:
+        startup_s = time.perf_counter() - started
+        restore = _instrument(stack, timings)
+        try:
+            assert stack.resources is not None
+            url, bucket = stack.aws_endpoint_url, settings.names.inbox_bucket
+            outcomes_url = stack.resources.outcomes_queue_url
+
+            def run(name: str, count: int, rate: float | None) -> bool:
+                """One phase; False when objects were still unfinished at its timeout (the stack is backlogged)."""
+                load = _run_load(url, bucket, outcomes_url, items(count, name), rate, timeout_s=PHASE_TIMEOUT_S)
+                phases[name].append(_phase(name, rate, load, timings))
+                return phases[name][-1].missing == 0
+
+            _run_load(url, bucket, outcomes_url, items(3, "warmup"), 2.0, timeout_s=30.0)
+            for _ in range(repeats):
+                # A backlog would spill into the next phase's numbers: stop at the first phase that left one.
+                if not (
+                    run("one_per_second", single_count, 1.0)
+                    and run("burst", burst_count, None)
+                    and run("sustained", int(THROUGHPUT_GOAL * sustained_seconds), THROUGHPUT_GOAL)
+                ):
+                    aborted = True
+                    break
+        finally:
+            restore()
+
+    single, sustained, burst = phases["one_per_second"], phases["sustained"], phases["burst"]
+    p50s = [percentile(p.latencies_ms, 50) for p in single]
+    p99s = [percentile(p.latencies_ms, 99) for p in sustained]
+    capacity = [p.throughput for p in burst]
+    lost = sum(p.missing for runs in phases.values() for p in runs)
+    details = {
+        "stack_startup_s": round(startup_s, 2),
+        "phases": {name: [p.summary() for p in runs] for name, runs in phases.items()},
+        "objects_without_outcome": lost,
+        "stopped_early": aborted,
+        "latency": "put start → VehicleClassified in the outcomes queue (SQS SentTimestamp)",
+    }
+    p50_figure = figure(
+        "pipeline_latency_p50_ms",
+        "pipeline latency p50 at 1 image/s, put → VehicleClassified",
+        p50s,
+        "ms",
+        goal=f"≤ {P50_GOAL_MS:.0f} ms",
+        met=bool(p50s) and float(np.median(p50s)) <= P50_GOAL_MS and not lost,
+        details=details,
+        digits=1,
+    )
+    p99_figure = figure(
+        "pipeline_latency_p99_ms",
+        f"pipeline latency p99 at {THROUGHPUT_GOAL:.0f} images/s offered",
+        p99s,
+        "ms",
+        goal=f"≤ {P99_GOAL_MS:,.0f} ms at {THROUGHPUT_GOAL:.0f} images/s",
+        met=bool(p99s) and float(np.median(p99s)) <= P99_GOAL_MS and not lost,
+        details={"achieved_images_per_s": [round(p.throughput, 2) for p in sustained]},
+        digits=1,
+    )
+    sustained_ok = bool(p99s) and float(np.median(p99s)) <= P99_GOAL_MS
+    throughput_figure = figure(
+        "pipeline_throughput",
+        f"pipeline capacity, images/s routed from a burst of {burst_count}",
+        capacity,
+        "images/s",
+        goal=f"≥ {THROUGHPUT_GOAL:.0f} images/s sustained with p99 ≤ {P99_GOAL_MS:,.0f} ms",
+        met=bool(capacity) and float(np.median(capacity)) >= THROUGHPUT_GOAL and sustained_ok and not lost,
+        details={"sustained_achieved_images_per_s": [round(p.throughput, 2) for p in sustained]},
+        digits=2,
+    )
+    # What one image costs each handler when the stack is not queueing: the input of the cost figures.
+    handler_p50 = {
+        name: percentile([ms for phase in single for ms in phase.handler_ms[name]], 50)
+        for name in ("ingest", "serialize", "infer", "threshold", "execution")
+    }
+    return [p50_figure, p99_figure, throughput_figure], {"handler_ms_p50": handler_p50}

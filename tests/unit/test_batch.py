@@ -1,0 +1,224 @@
+"""Batch scoring logic: listing, the decode fast path, result lines in order, capture records (no model, no network)."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bayroute.batch import (
+    BatchInputError,
+    CaptureFiles,
+    DecodeConfig,
+    Target,
+    decode_chunk,
+    decode_image,
+    is_model_size_png,
+    list_images,
+    load_results,
+    score_images,
+)
+from bayroute.capture import parse_capture_line
+from bayroute.config import load_settings
+from bayroute.imaging import prepare_image
+from bayroute.steps.infer import capture_context
+
+SETTINGS = load_settings(env={})
+SIZE = SETTINGS.model_input_size
+CONFIG = DecodeConfig(size=SIZE, max_pixels=SETTINGS.limits.max_image_pixels, max_object_bytes=1_000_000)
+WHEN = datetime(2026, 5, 1, 12, 34, 56, tzinfo=UTC)
+
+
+def _encode(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _picture(width: int, height: int, seed: int = 0) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels, "RGB")
+
+
+class RedModel:
+    """Probability of "bicycle" = the image's mean red level: predictable from the pixels."""
+
+    def __init__(self) -> None:
+        self.labels = ["bicycle", "motorcycle"]
+        self.model_version = "red-1"
+        self.batches: list[int] = []
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        self.batches.append(len(images))
+        red = images[..., 0].reshape(len(images), -1).mean(axis=1) / 255.0
+        return np.stack([red, 1.0 - red], axis=1).astype(np.float32)
+
+
+def test_targets_parse_folders_and_bucket_prefixes() -> None:
+    assert Target.parse("photos/today") == Target(folder=Path("photos/today"))
+    assert Target.parse("s3://inbox/2026/05") == Target(bucket="inbox", prefix="2026/05")
+    assert Target.parse("s3://inbox") == Target(bucket="inbox", prefix="")
+    assert str(Target.parse("s3://inbox/a")) == "s3://inbox/a"
+    with pytest.raises(BatchInputError, match="no bucket"):
+        Target.parse("s3:///prefix")
+
+
+def test_folders_are_listed_recursively_in_order_without_hidden_files_or_the_outputs(tmp_path: Path) -> None:
+    for name in ("b.png", "a.jpg", "sub/c.png", ".partial.png", ".hidden/d.png", "capture/x.jsonl", "out.jsonl"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    items = list_images(Target(folder=tmp_path), exclude=[tmp_path / "out.jsonl", tmp_path / "capture"])
+    assert [Path(item.name).relative_to(tmp_path).as_posix() for item in items] == ["a.jpg", "b.png", "sub/c.png"]
+    assert [item.index for item in items] == [0, 1, 2]
+    with pytest.raises(BatchInputError, match="not a folder"):
+        list_images(Target(folder=tmp_path / "missing"))
+
+
+def test_only_a_png_at_the_model_size_takes_the_fast_path() -> None:
+    assert is_model_size_png(_encode(_picture(SIZE, SIZE), "PNG"), SIZE)
+    assert not is_model_size_png(_encode(_picture(SIZE * 2, SIZE), "PNG"), SIZE)
+    assert not is_model_size_png(_encode(_picture(SIZE, SIZE), "JPEG"), SIZE)
+    assert not is_model_size_png(b"\x89PNG", SIZE)
+
+
+@pytest.mark.parametrize(
+    ("image", "fmt"),
+    [
+        (_picture(SIZE, SIZE), "PNG"),
+        (Image.new("RGBA", (SIZE, SIZE), (200, 10, 10, 128)), "PNG"),  # transparency: composited on white
+        (Image.new("L", (SIZE, SIZE), 90), "PNG"),
+        (_picture(SIZE * 3, SIZE * 2), "PNG"),
+        (_picture(SIZE * 4, SIZE * 4), "JPEG"),
+    ],
+    ids=["rgb-model-size", "rgba-model-size", "gray-model-size", "bigger-png", "jpeg"],
+)
+def test_decoding_matches_the_workflow_and_the_captured_png_decodes_to_the_scored_pixels(
+    image: Image.Image, fmt: str
+) -> None:
+    data = _encode(image, fmt)
+    array, png, stats = decode_image(data, CONFIG)
+    expected = prepare_image(data, size=SIZE, max_pixels=CONFIG.max_pixels)
+    assert np.array_equal(array, expected.array)
+    assert stats == expected.stats
+    assert np.array_equal(prepare_image(png, size=SIZE, max_pixels=CONFIG.max_pixels).array, array)
+    if is_model_size_png(data, SIZE):
+        assert png is data  # not re-encoded
+
+
+def test_unreadable_and_bad_images_become_their_reasons(tmp_path: Path) -> None:
+    files = {
+        "empty.png": b"",
+        "notes.png": b"arrived at 9:14\n",
+        "big.png": bytes(CONFIG.max_object_bytes + 1),
+        "fine.png": _encode(_picture(SIZE, SIZE), "PNG"),
+    }
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    chunk = [(i, str(tmp_path / name)) for i, name in enumerate([*files, "gone.png"])]
+    decoded = decode_chunk(chunk, CONFIG)
+    assert [d.error for d in decoded] == ["empty_object", "not_an_image", "too_large", None, "object_missing"]
+    assert all(d.detail for d in decoded if d.error)
+    fine = decoded[3]
+    assert fine.pixels is not None and len(fine.pixels) == SIZE * SIZE * 3
+    assert fine.digest and fine.stats is not None and fine.png == files["fine.png"]
+
+
+def _folder(tmp_path: Path) -> Path:
+    images = tmp_path / "images"
+    images.mkdir()
+    for index, color in enumerate([(250, 0, 0), (0, 0, 250), (128, 0, 0), (10, 0, 0), (200, 0, 0)]):
+        (images / f"{index}.png").write_bytes(_encode(Image.new("RGB", (SIZE, SIZE), color), "PNG"))
+    (images / "2b-broken.png").write_bytes(b"not an image")
+    (images / "big.jpg").write_bytes(_encode(Image.new("RGB", (SIZE * 4, SIZE * 3), (255, 0, 0)), "JPEG"))
+    return images
+
+
+def test_scores_come_out_one_line_per_image_in_input_order_with_errors_in_place(tmp_path: Path) -> None:
+    items = list_images(Target(folder=_folder(tmp_path)))
+    out = io.StringIO()
+    model = RedModel()
+    summary = score_images(items, model, SETTINGS, out, workers=0, batch_size=3, clock=lambda: WHEN)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [Path(line["image"]).name for line in lines] == [Path(item.name).name for item in items]
+    broken = next(line for line in lines if line["image"].endswith("2b-broken.png"))
+    assert broken == {"image": broken["image"], "error": "not_an_image", "detail": broken["detail"]}
+    scored = [line for line in lines if "error" not in line]
+    assert len(scored) == summary.scored == 6 and summary.failed == 1 and summary.total == 7
+    assert summary.failures_by_reason == {"not_an_image": 1}
+    assert model.batches == [3, 3]
+    red = next(line for line in lines if line["image"].endswith("/0.png"))
+    assert red["class"] == "bicycle" and red["confidence"] == pytest.approx(250 / 255, abs=1e-6)
+    assert red["labels"] == model.labels and red["model_version"] == "red-1"
+    blue = next(line for line in lines if line["image"].endswith("/1.png"))
+    assert blue["class"] == "motorcycle" and blue["probabilities"] == pytest.approx([0.0, 1.0])
+    # The same bytes under the same name always get the same inference id.
+    again = io.StringIO()
+    score_images(items, RedModel(), SETTINGS, again, workers=0, batch_size=7)
+    assert [json.loads(x).get("inference_id") for x in again.getvalue().splitlines()] == [
+        line.get("inference_id") for line in lines
+    ]
+
+
+def test_capture_files_hold_one_sagemaker_record_per_scored_image(tmp_path: Path) -> None:
+    items = list_images(Target(folder=_folder(tmp_path)))
+    capture = CaptureFiles(Target(folder=tmp_path / "capture"), "bayroute-endpoint", "AllTraffic")
+    out = io.StringIO()
+    summary = score_images(
+        items, RedModel(), SETTINGS, out, workers=0, batch_size=4, capture=capture, clock=lambda: WHEN
+    )
+    files = sorted((tmp_path / "capture").rglob("*.jsonl"))
+    assert [str(f) for f in files] == sorted(summary.capture_files)
+    assert len(files) == 2  # 6 scored images in batches of 4
+    assert all(f.parent == tmp_path / "capture/bayroute-endpoint/AllTraffic/2026/05/01/12" for f in files)
+    assert not list((tmp_path / "capture").rglob(".*"))  # no partial files left behind
+    records = [parse_capture_line(line) for f in files for line in f.read_text().splitlines()]
+    results = {json.loads(line)["image"]: json.loads(line) for line in out.getvalue().splitlines()}
+    assert len(records) == 6
+    for record in records:
+        key, stats = capture_context(record.custom_attributes)
+        assert key is not None and stats is not None
+        result = results[key]
+        assert record.event_id == record.inference_id == result["inference_id"]
+        assert record.probabilities == pytest.approx(result["probabilities"])
+        assert record.model_version == "red-1" and record.labels == ["bicycle", "motorcycle"]
+        assert record.input_content_type == "image/png" and record.inference_time == WHEN.replace(microsecond=0)
+        # The statistics describe the scored pixels, which the captured PNG decodes to.
+        captured = prepare_image(record.input_body, size=SIZE, max_pixels=CONFIG.max_pixels).stats
+        assert (stats["brightness"], stats["contrast"]) == (captured.brightness, captured.contrast)
+    big = next(stats for r in records if (stats := capture_context(r.custom_attributes)[1])["format"] == "jpeg")
+    assert (big["original_width"], big["original_height"]) == (SIZE * 4, SIZE * 3)
+
+
+def test_a_failing_capture_write_stops_the_run_with_its_error(tmp_path: Path) -> None:
+    class Broken(CaptureFiles):
+        def write(self, records: Any, when: datetime) -> str:
+            raise OSError("disk full")
+
+    items = list_images(Target(folder=_folder(tmp_path)))
+    capture = Broken(Target(folder=tmp_path / "capture"), "e", "v")
+    with pytest.raises(OSError, match="disk full"):
+        score_images(items, RedModel(), SETTINGS, io.StringIO(), workers=0, batch_size=1, capture=capture)
+
+
+def test_a_batch_size_below_one_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        score_images([], RedModel(), SETTINGS, io.StringIO(), workers=0, batch_size=0)
+
+
+def test_results_read_back_from_the_out_file(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    with path.open("w", encoding="utf-8") as out:
+        score_images(list_images(Target(folder=_folder(tmp_path))), RedModel(), SETTINGS, out, workers=0, batch_size=8)
+    results = load_results(path)
+    assert len(results) == 7 and sum("error" in r for r in results) == 1
+
+
+def test_an_s3_capture_target_needs_a_client() -> None:
+    with pytest.raises(ValueError, match="S3 client"):
+        CaptureFiles(Target(bucket="capture"), "e", "v")
