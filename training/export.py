@@ -1,7 +1,8 @@
 """Export a training run to the served ONNX file (see ``bayroute.model.onnx_model`` for the contract).
 
 The graph takes uint8 NHWC RGB images and does everything else itself: float conversion, normalisation,
-layout change, the network, optional left-right flip averaging of the logits, temperature and softmax.
+layout change, the network (for a seed ensemble, the mean of its members' logits), optional left-right flip
+averaging of the logits, temperature and softmax.
 After writing, ONNX Runtime's output is compared with PyTorch's and a mismatch fails the export.
 """
 

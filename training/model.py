@@ -50,3 +50,20 @@ class ResNet9(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+
+class LogitMean(nn.Module):
+    """A seed ensemble as one network: the mean of its members' logits.
+
+    Averaging logits and averaging log-probabilities give the same softmax (they differ by a per-image constant
+    shared by all classes), so a temperature fitted on these mean logits calibrates either view of the ensemble.
+    """
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(x) for member in self.members]).mean(0)

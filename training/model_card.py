@@ -31,6 +31,15 @@ def render_model_card(metadata: dict[str, str], *, model_bytes: int, total_time_
             f"({config['teacher_epochs']} epochs, validation accuracy {accuracies}); the served width-{config['width']}"
             " network learned their flip-averaged probabilities on the same augmented batches."
         )
+    members = config.get("ensemble", 1)  # cards of models trained before the option existed lack it
+    ensemble = ""
+    if members > 1:
+        accuracies = ", ".join(_percent(a) for a in training["member_val_accuracy"])
+        ensemble = (
+            f"\n- Seed ensemble: {members} members (seeds {training['seed']} to {training['seed'] + members - 1}),"
+            f" each the recipe above (validation accuracy {accuracies}); the graph averages their logits, then"
+            " applies the one temperature fitted on those averaged validation logits."
+        )
     threshold_99 = operating_point["threshold"]
     reached = (
         "Validation accuracy never reached 90%."
@@ -56,7 +65,7 @@ Classifies a {height}x{width} RGB photo of a delivery vehicle as one of {", ".jo
 - Training took {training["wall_time_s"]:.0f} s wall time ({training["cpu_time_s"]:.0f} CPU-seconds,
   {training["threads"]} torch threads, system load {training["load_average_1min"]} at the end); the whole command
   (data, training, export, checks) {total_time_s:.0f} s. {reached}
-- Recipe (`training.train.TrainConfig`): {recipe}.{teachers}
+- Recipe (`training.train.TrainConfig`): {recipe}.{teachers}{ensemble}
 - Served graph: uint8 NHWC in; normalisation, {metadata["tta"]} test-time augmentation, temperature
   {float(metadata["temperature"]):.3f} and softmax inside; ONNX opset 18, {model_bytes / 1e6:.2f} MB, single file.
   ONNX Runtime was checked against PyTorch at export (max abs difference < 1e-4).

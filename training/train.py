@@ -2,7 +2,9 @@
 
 ``train(dataset, config)`` returns the trained network (in eval mode, on the CPU), the temperature fitted on
 the validation split, validation metrics of the calibrated flip-averaged predictions (exactly what the exported
-ONNX graph computes) and the run's timings. ``training.export`` turns the result into the served ONNX file.
+ONNX graph computes) and the run's timings. With ``ensemble`` > 1 the recipe runs once per seed (seed, seed + 1,
+...) and the returned network is their logit mean, calibrated by one temperature. ``training.export`` turns the
+result into the served ONNX file.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from torch import nn
 from training import augment
 from training.calibration import fit_temperature, softmax, validation_metrics
 from training.folder import FolderDataset
-from training.model import ResNet9
+from training.model import LogitMean, ResNet9
 from training.split import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, stratified_split
 
 TARGET_ACCURACY = 0.90  # time-to-accuracy is reported against this validation accuracy
@@ -51,6 +53,7 @@ class TrainConfig:
     teachers: int = 1
     distill_weight: float = 1.0
     tta_flip: bool = True
+    ensemble: int = 1  # members trained with seeds seed, seed + 1, ...; served as the mean of their logits
     seed: int = 0
     val_fraction: float = DEFAULT_VAL_FRACTION
     split_seed: int = DEFAULT_SPLIT_SEED
@@ -62,16 +65,18 @@ class TrainConfig:
             raise ValueError("a teacher needs teacher_epochs >= 1 and teachers >= 1")
         if not 0.0 <= self.distill_weight <= 1.0:
             raise ValueError(f"distill_weight must lie in [0, 1], got {self.distill_weight}")
+        if self.ensemble < 1:
+            raise ValueError(f"ensemble must be >= 1 member, got {self.ensemble}")
 
     @property
     def total_epochs(self) -> int:
         teacher_epochs = self.teachers * self.teacher_epochs if self.teacher_width > 0 else 0
-        return teacher_epochs + self.epochs
+        return self.ensemble * (teacher_epochs + self.epochs)
 
 
 @dataclass(frozen=True)
 class EpochStats:
-    phase: str  # "teacher 1", ..., "student"
+    phase: str  # "teacher 1", ..., "student"; prefixed "member k " when the ensemble has more than one
     epoch: int  # within the phase
     epochs: int  # of the phase
     completed: int  # epochs done over all phases
@@ -83,7 +88,7 @@ class EpochStats:
 
 @dataclass
 class TrainingRun:
-    model: nn.Module  # eval mode, on the CPU; takes normalised float NCHW, returns logits
+    model: nn.Module  # eval mode, on the CPU; takes normalised float NCHW, returns logits (a LogitMean if ensemble)
     config: TrainConfig
     classes: list[str]
     mean: list[float]  # per RGB channel, on the 0..255 scale
@@ -99,6 +104,7 @@ class TrainingRun:
     time_to_target_s: float | None  # seconds until validation accuracy first reached TARGET_ACCURACY
     device: str
     teacher_val_accuracy: list[float] = field(default_factory=list)  # each teacher's, at its last epoch
+    member_val_accuracy: list[float] = field(default_factory=list)  # each ensemble member's, at its last epoch
     history: list[EpochStats] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -115,6 +121,8 @@ class TrainingRun:
             ),
             "temperature": self.temperature,
             "teacher_val_accuracy": self.teacher_val_accuracy,
+            "ensemble": self.config.ensemble,
+            "member_val_accuracy": self.member_val_accuracy,
             "n_train": int(self.train_indices.size),
             "n_val": int(self.val_indices.size),
             "validation": self.val_metrics,
@@ -140,8 +148,6 @@ def train(
     on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> TrainingRun:
     torch_device = resolve_device(device)
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
     train_idx, val_idx = stratified_split(dataset.labels, config.val_fraction, config.split_seed)
     num_classes = len(dataset.classes)
 
@@ -158,26 +164,17 @@ def train(
     progress = _Progress(total=config.total_epochs, start=time.perf_counter(), on_epoch=on_epoch)
     cpu_start = time.process_time()
 
-    teachers: list[nn.Module] = []
     teacher_accuracy: list[float] = []
-    for k in range(config.teachers if config.teacher_width > 0 else 0):
-        teacher = ResNet9(num_classes, config.teacher_width).to(torch_device)
-        phase = f"teacher {k + 1}"
-        teachers.append(_fit(teacher, config.teacher_epochs, None, data, config, generator, progress, phase=phase))
-        teacher_accuracy.append(progress.history[-1].val_accuracy)
-    ensemble = _Ensemble(teachers) if teachers else None
-    student = _fit(
-        ResNet9(num_classes, config.width).to(torch_device),
-        config.epochs,
-        ensemble,
-        data,
-        config,
-        generator,
-        progress,
-        phase="student",
-    )
+    members: list[nn.Module] = []
+    member_accuracy: list[float] = []
+    for index in range(config.ensemble):
+        # Each member is exactly the single-model run of its seed, so ensemble k extends ensemble k - 1.
+        prefix = f"member {index + 1} " if config.ensemble > 1 else ""
+        member = _train_member(config, config.seed + index, data, progress, teacher_accuracy, prefix, torch_device)
+        members.append(copy.deepcopy(member).cpu().eval())
+        member_accuracy.append(progress.history[-1].val_accuracy)
 
-    served = copy.deepcopy(student).cpu().eval()
+    served = members[0] if len(members) == 1 else LogitMean(members).eval()
     val_logits = _logits(served, data.x_val.cpu(), config.tta_flip)
     temperature = fit_temperature(val_logits, data.y_val)
     val_probabilities = softmax(val_logits / temperature)
@@ -200,7 +197,38 @@ def train(
         time_to_target_s=progress.time_to_target,
         device=str(torch_device),
         teacher_val_accuracy=teacher_accuracy,
+        member_val_accuracy=member_accuracy,
         history=progress.history,
+    )
+
+
+def _train_member(
+    config: TrainConfig,
+    seed: int,
+    data: _Data,
+    progress: _Progress,
+    teacher_accuracy: list[float],
+    prefix: str,
+    torch_device: torch.device,
+) -> nn.Module:
+    """The recipe for one seed: its teachers if any, then the served-width student (returned)."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    teachers: list[nn.Module] = []
+    for k in range(config.teachers if config.teacher_width > 0 else 0):
+        teacher = ResNet9(data.num_classes, config.teacher_width).to(torch_device)
+        phase = f"{prefix}teacher {k + 1}"
+        teachers.append(_fit(teacher, config.teacher_epochs, None, data, config, generator, progress, phase=phase))
+        teacher_accuracy.append(progress.history[-1].val_accuracy)
+    return _fit(
+        ResNet9(data.num_classes, config.width).to(torch_device),
+        config.epochs,
+        _Ensemble(teachers) if teachers else None,
+        data,
+        config,
+        generator,
+        progress,
+        phase=f"{prefix}student",
     )
 
 
@@ -219,7 +247,7 @@ class _Progress:
     start: float
     on_epoch: Callable[[EpochStats], None] | None
     history: list[EpochStats] = field(default_factory=list)
-    time_to_target: float | None = None  # of the served (student) network only
+    time_to_target: float | None = None  # of the first student to get there (the first member's, in an ensemble)
 
 
 class _Ensemble(nn.Module):
@@ -280,7 +308,7 @@ def _fit(
         served = _served_network(model, ema)
         val_accuracy = float((_logits(served, data.x_val, config.tta_flip).argmax(1) == data.y_val).mean())
         elapsed = time.perf_counter() - progress.start
-        if phase == "student" and progress.time_to_target is None and val_accuracy >= TARGET_ACCURACY:
+        if phase.endswith("student") and progress.time_to_target is None and val_accuracy >= TARGET_ACCURACY:
             progress.time_to_target = elapsed
         stats = EpochStats(
             phase,

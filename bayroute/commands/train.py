@@ -6,6 +6,7 @@ torch is imported only when the command runs, so the rest of the CLI works on in
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -26,6 +27,9 @@ def train_command(
     seed: Annotated[int, typer.Option(help="Seed for initialisation, shuffling and augmentation.")] = 0,
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (default: the recipe's).")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
+    ensemble: Annotated[
+        int | None, typer.Option(min=1, help="Members of the seed ensemble, seeds SEED.. (default: the recipe's).")
+    ] = None,
 ) -> None:
     """Train with the default recipe on DATA, calibrate on its validation split and export to ONNX."""
     console = Console()
@@ -40,11 +44,17 @@ def train_command(
         console.print(f"[red]training needs the 'training' extra (pip install 'bayroute[training]'): {exc}")
         raise typer.Exit(code=1) from exc
 
-    config = TrainConfig(seed=seed) if epochs is None else TrainConfig(seed=seed, epochs=epochs)
+    recipe = TrainConfig(seed=seed)
+    config = dataclasses.replace(
+        recipe,
+        epochs=recipe.epochs if epochs is None else epochs,
+        ensemble=recipe.ensemble if ensemble is None else ensemble,
+    )
     command = shlex.join(
         [
             *("bayroute", "train", "--data", str(data), "--out", str(out)),
-            *("--seed", str(seed), "--epochs", str(config.epochs), "--device", device),
+            *("--seed", str(seed), "--epochs", str(config.epochs), "--ensemble", str(config.ensemble)),
+            *("--device", device),
         ]
     )
     with Progress(

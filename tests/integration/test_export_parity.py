@@ -64,12 +64,43 @@ def test_one_epoch_model_exports_and_onnx_runtime_matches_torch(small_data: Path
     assert np.abs(probabilities - result.run.val_probabilities).max() < 1e-4
 
 
+def test_seed_ensemble_exports_to_one_onnx_file_that_matches_torch(small_data: Path, tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from training.model import LogitMean
+    from training.pipeline import train_and_export
+    from training.train import TrainConfig
+
+    config = TrainConfig(epochs=1, width=4, batch_size=32, seed=3, ensemble=2)
+    result = train_and_export(small_data, tmp_path / "pair", config, command="pytest", device="cpu")
+
+    assert isinstance(result.run.model, LogitMean)
+    assert sorted(p.name for p in result.model_path.parent.iterdir()) == ["MODEL_CARD.md", "model.onnx"]
+    classifier = OnnxClassifier(result.model_path)
+    training = classifier.info.json_field("training")
+    assert training["ensemble"] == training["config"]["ensemble"] == 2
+    assert len(training["member_val_accuracy"]) == 2
+    assert classifier.info.temperature == pytest.approx(result.run.temperature)
+    assert "2 members (seeds 3 to 4)" in result.card_path.read_text(encoding="utf-8")
+    # One temperature over the averaged logits, flip TTA kept: the file reproduces the reported probabilities.
+    images = load_folder_dataset(small_data).images[result.run.val_indices]
+    assert np.abs(classifier.predict(images) - result.run.val_probabilities).max() < 1e-4
+
+
 def test_train_command_rejects_an_unknown_device(small_data: Path, tmp_path: Path) -> None:
     app = typer.Typer()
     app.command()(train_command)
     outcome = CliRunner().invoke(app, ["--data", str(small_data), "--out", str(tmp_path), "--device", "tpu"])
     assert outcome.exit_code != 0
     assert "--device" in outcome.output
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_train_command_rejects_an_empty_ensemble(small_data: Path, tmp_path: Path) -> None:
+    app = typer.Typer()
+    app.command()(train_command)
+    outcome = CliRunner().invoke(app, ["--data", str(small_data), "--out", str(tmp_path), "--ensemble", "0"])
+    assert outcome.exit_code != 0
+    assert "--ensemble" in outcome.output
     assert not (tmp_path / "model.onnx").exists()
 
 

@@ -1,7 +1,8 @@
-"""The training loop on a synthetic red-vs-blue task: it learns, it is reproducible, distillation runs."""
+"""The training loop on a synthetic red-vs-blue task: it learns, it is reproducible, distillation and ensembles run."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from training.folder import FolderDataset  # noqa: E402
+from training.model import LogitMean  # noqa: E402
 from training.train import TrainConfig, resolve_device, train  # noqa: E402
 
 
@@ -57,12 +59,34 @@ def test_distillation_trains_teachers_first_then_the_student() -> None:
     assert run.summary()["config"]["teacher_width"] == 4
 
 
+@pytest.mark.slow
+def test_seed_ensemble_serves_the_logit_mean_of_the_single_seed_runs() -> None:
+    tiny = TrainConfig(epochs=1, width=4, batch_size=16, cutout_size=0, cutmix_alpha=0.0, ema_decay=0.0, seed=5)
+    seen: list[str] = []
+    run = train(_red_blue(), replace(tiny, ensemble=2), device="cpu", on_epoch=lambda stats: seen.append(stats.phase))
+    assert seen == ["member 1 student", "member 2 student"]
+    assert run.history[-1].completed == run.history[-1].total == 2
+    assert isinstance(run.model, LogitMean) and len(run.model.members) == 2
+    assert run.summary()["ensemble"] == 2 and len(run.summary()["member_val_accuracy"]) == 2
+
+    # Member k is exactly the single-model run of seed + k, and the ensemble's output is their mean logits.
+    singles = [train(_red_blue(), replace(tiny, seed=seed), device="cpu").model for seed in (5, 6)]
+    for member, single in zip(run.model.members, singles, strict=True):
+        for a, b in zip(member.state_dict().values(), single.state_dict().values(), strict=True):
+            assert torch.equal(a, b)
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = (singles[0](images) + singles[1](images)) / 2
+        assert torch.allclose(run.model(images), expected, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
         ({"epochs": 0}, "epochs"),
         ({"teacher_width": 8, "teacher_epochs": 0}, "teacher"),
         ({"distill_weight": 1.5}, "distill_weight"),
+        ({"ensemble": 0}, "ensemble"),
     ],
 )
 def test_bad_configs_are_rejected(changes: dict[str, int | float], message: str) -> None:
