@@ -378,6 +378,7 @@ class StackBuilder:
             {label: vars(route) for label, route in self.settings.routing_table.items()}, sort_keys=True
         )
         variables["BAYROUTE_INFERENCE_BACKEND"] = ref("InferenceBackend")
+        variables.update({f"BAYROUTE_{key.upper()}": str(value) for key, value in vars(self.settings.limits).items()})
         variables["POWERTOOLS_METRICS_NAMESPACE"] = self.namespace
         variables["POWERTOOLS_LOG_LEVEL"] = "INFO"
         return dict(sorted(variables.items()))

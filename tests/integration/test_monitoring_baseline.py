@@ -44,8 +44,12 @@ def test_the_committed_model_ships_a_baseline_of_every_drift_feature(model: Onnx
     [(version, baseline)] = baselines_from_model(model.path).items()
     assert version == model.model_version
     assert set(baseline.bins) == {"confidence", "brightness", "contrast"}
-    for bins in baseline.bins.values():
-        assert min(bins.baseline) >= 0.05 * baseline.n and len(bins.baseline) >= 6
+    # Every bin holds at least 5% of the baseline. Input statistics spread over many bins; a confident model puts
+    # most validation images in its top confidence bin, so confidence keeps fewer (still enough for a PSI).
+    minimum_bins = {"confidence": 3, "brightness": 6, "contrast": 6}
+    for name, bins in baseline.bins.items():
+        assert min(bins.baseline) >= 0.05 * baseline.n
+        assert len(bins.baseline) >= minimum_bins[name], (name, bins)
 
 
 def test_undisturbed_photos_stay_below_significant_drift_at_the_sample_floor(
