@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck lock clean template package deploy
+.PHONY: install demo test bench lint typecheck lock clean template package deploy
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,15 +20,19 @@ demo: $(STAMP)
 ## The whole suite: lint, types, unit, integration and e2e tests.
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy bayroute services training infra
+	$(BIN)/mypy bayroute services training infra bench
 	$(BIN)/python -m pytest
+
+## Benchmarks: writes bench/results/latest.json and bench/results/latest.md (about five minutes on 2 cores).
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy bayroute services training infra
+	$(BIN)/mypy bayroute services training infra bench
 
 ## Regenerate infra/template.yaml from infra/settings.json and infra/alarms.json (a test checks it is current).
 template: $(STAMP)

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from bayroute.commands import data as data_commands
 from bayroute.commands import monitor as monitor_commands
+from bayroute.commands.batch import batch_app
 from bayroute.commands.dlq import dlq_app
 from bayroute.commands.evaluate import evaluate_command
 from bayroute.commands.predict import predict_command
@@ -36,6 +37,7 @@ app.command("evaluate")(evaluate_command)
 app.command("predict")(predict_command)
 app.command("serve")(serve_command)
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(batch_app, name="batch")
 app.add_typer(monitor_commands.app, name="monitor")
 app.add_typer(monitor_commands.threshold_app, name="threshold")
 app.command("alarms")(monitor_commands.alarms)
