@@ -21,27 +21,32 @@ Contract:
   406 an ``Accept`` other than JSON; 411 no ``Content-Length``; 413 a body over ``max_request_bytes``
   (refused from ``Content-Length`` before reading it); 415 another content type; 500 the model failed.
 
-Throughput: HTTP/1.1 keep-alive, Nagle off, one thread per connection. With ``batching`` on, requests
-that arrive while the model is busy, or within ``batch_window_s`` of each other, run as one ONNX
-Runtime batch: ORT releases the GIL, so decoding and HTTP work of other requests overlap it.
+Transport: HTTP/1.1 with keep-alive (``Connection: close`` and HTTP/1.0 without keep-alive are honoured,
+``Expect: 100-continue`` is answered), an asyncio server on one event-loop thread. That thread parses
+requests and decodes the small images (big bodies are decoded on a worker thread, so one photo does not hold
+up the others); the model runs on other threads, and ONNX Runtime releases the GIL, so inference overlaps
+the HTTP and decoding work of other requests. With ``batching`` on, requests that arrive while the model is
+busy, or within ``batch_window_s`` of each other, run as one ONNX Runtime batch; off, each request runs
+alone. A connection closed after an error answer is half-closed first and drained briefly, so the client
+reads the answer instead of a reset. ``stop()`` stops accepting, lets requests in progress finish, then
+closes every connection.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import io
 import json
 import logging
 import queue
-import socket
-import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +69,13 @@ LABEL_SEPARATOR = "|"
 IDLE_CONNECTION_SECONDS = 60.0
 # SageMaker forwards at most 1024 visible ASCII characters of custom attributes.
 MAX_CUSTOM_ATTRIBUTES_CHARS = 1024
+# A request head (request line and headers) longer than this is refused (431) and the connection closed.
+MAX_HEAD_BYTES = 64 * 1024
+# Bodies up to this size are decoded on the event loop (a 32x32 PNG takes a fraction of a millisecond); bigger
+# ones (photos) on a worker thread, so that they do not hold up the other connections.
+INLINE_DECODE_BYTES = 64 * 1024
+# After an answer that closes the connection, unread request bytes are drained for at most this long.
+LINGER_SECONDS = 1.0
 
 
 def format_custom_attributes(model_version: str, labels: Sequence[str]) -> str:
@@ -123,18 +135,8 @@ def _error(status: HTTPStatus, reason: str, detail: str) -> InvocationAnswer:
     return InvocationAnswer(int(status), json.dumps({"error": reason, "detail": detail}).encode("utf-8"))
 
 
-class _Pending:
-    __slots__ = ("done", "error", "images", "result")
-
-    def __init__(self, images: np.ndarray) -> None:
-        self.images = images
-        self.done = threading.Event()
-        self.result: np.ndarray | None = None
-        self.error: BaseException | None = None
-
-
 class DynamicBatcher:
-    """Runs concurrent ``predict`` calls as shared ONNX Runtime batches, from one worker thread.
+    """Runs concurrent predictions as shared ONNX Runtime batches, from one worker thread.
 
     The worker takes the first waiting request, then gathers whatever else arrives within ``window_s``
     (up to ``max_batch`` images), runs them as one batch and hands each caller its rows. Under load,
@@ -146,20 +148,22 @@ class DynamicBatcher:
         self._model = model
         self._max_batch = max_batch
         self._window_s = window_s
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[np.ndarray, concurrent.futures.Future[np.ndarray]] | None] = (
+            queue.SimpleQueue()
+        )
         self._worker = threading.Thread(target=self._run, name="bayroute-batcher", daemon=True)
         self.batches = 0
         self.images = 0
         self._worker.start()
 
+    def submit(self, images: np.ndarray) -> concurrent.futures.Future[np.ndarray]:
+        """The probabilities of ``images`` [N, H, W, 3], once their batch has run."""
+        future: concurrent.futures.Future[np.ndarray] = concurrent.futures.Future()
+        self._queue.put((images, future))
+        return future
+
     def predict(self, images: np.ndarray) -> np.ndarray:
-        pending = _Pending(images)
-        self._queue.put(pending)
-        pending.done.wait()
-        if pending.error is not None:
-            raise pending.error
-        assert pending.result is not None
-        return pending.result
+        return self.submit(images).result()
 
     def close(self) -> None:
         self._queue.put(None)
@@ -170,7 +174,7 @@ class DynamicBatcher:
             first = self._queue.get()
             if first is None:
                 return
-            group, count, stopping = [first], len(first.images), False
+            group, count, stopping = [first], len(first[0]), False
             deadline = time.perf_counter() + self._window_s
             while count < self._max_batch:
                 remaining = deadline - time.perf_counter()
@@ -182,31 +186,44 @@ class DynamicBatcher:
                     stopping = True
                     break
                 group.append(item)
-                count += len(item.images)
+                count += len(item[0])
             self._run_group(group)
             if stopping:
                 return
 
-    def _run_group(self, group: list[_Pending]) -> None:
+    def _run_group(self, group: list[tuple[np.ndarray, concurrent.futures.Future[np.ndarray]]]) -> None:
         try:
-            batch = group[0].images if len(group) == 1 else np.concatenate([p.images for p in group])
+            batch = group[0][0] if len(group) == 1 else np.concatenate([images for images, _ in group])
             probabilities = self._model.predict(batch)
         except BaseException as exc:  # every waiting caller must wake up, whatever happened
-            for pending in group:
-                pending.error = exc
-                pending.done.set()
+            for _, future in group:
+                future.set_exception(exc)
             return
         self.batches += 1
         self.images += len(batch)
         offset = 0
-        for pending in group:
-            pending.result = probabilities[offset : offset + len(pending.images)]
-            offset += len(pending.images)
-            pending.done.set()
+        for images, future in group:
+            future.set_result(probabilities[offset : offset + len(images)])
+            offset += len(images)
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A decoded invocation, ready for the model: the images as a batch, and how to shape the answer."""
+
+    images: np.ndarray
+    is_batch: bool
+    verbose: bool
+    media: str
+    body_bytes: int
 
 
 class InferenceApp:
-    """The contract without the transport: content negotiation, decoding, prediction, the answer."""
+    """The contract without the transport: content negotiation, decoding, prediction, the answer.
+
+    ``invoke`` does it all in the calling thread. A server splits it: ``prepare`` (negotiation, decoding),
+    the model (``predict_async``), then ``answer``.
+    """
 
     def __init__(
         self,
@@ -221,12 +238,28 @@ class InferenceApp:
         self.max_pixels = max_pixels
         self.batcher = DynamicBatcher(model, max_batch=max_batch, window_s=batch_window_s) if batching else None
         self.custom_attributes = format_custom_attributes(model.model_version, model.labels)
+        self._answer_headers = {CUSTOM_ATTRIBUTES_HEADER: self.custom_attributes}
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
 
     def ping(self) -> InvocationAnswer:
         body = {"status": "healthy", "model_version": self.model.model_version}
         return InvocationAnswer(int(HTTPStatus.OK), json.dumps(body).encode("utf-8"))
 
     def invoke(self, body: bytes, content_type: str | None, accept: str | None = None) -> InvocationAnswer:
+        prepared = self.prepare(body, content_type, accept)
+        if isinstance(prepared, InvocationAnswer):
+            return prepared
+        try:
+            probabilities = (
+                self.batcher.predict(prepared.images) if self.batcher else self.model.predict(prepared.images)
+            )
+        except Exception as exc:  # ORT failures carry their own types; the caller only needs "the model failed"
+            return self.model_failure(prepared, exc)
+        return self.answer(prepared, probabilities)
+
+    def prepare(self, body: bytes, content_type: str | None, accept: str | None) -> PreparedRequest | InvocationAnswer:
+        """The decoded request, or the error answer (415, 406, 400) that stops it before the model."""
         media = media_type(content_type)
         is_array = media == NPY_CONTENT_TYPE
         if not (is_array or media in IMAGE_CONTENT_TYPES or media.startswith("image/")):
@@ -245,24 +278,35 @@ class InferenceApp:
             return _error(HTTPStatus.BAD_REQUEST, exc.reason, exc.detail)
         except _BadArray as exc:
             return _error(HTTPStatus.BAD_REQUEST, "invalid_array", str(exc))
-        try:
-            probabilities = self.batcher.predict(images) if self.batcher else self.model.predict(images)
-        except Exception as exc:  # ORT failures carry their own types; the caller only needs "the model failed"
-            log.exception("model failure on a %s request of %d bytes", media, len(body))
-            return _error(HTTPStatus.INTERNAL_SERVER_ERROR, "model_error", f"{type(exc).__name__}: {exc}")
+        return PreparedRequest(images, is_batch, verbose, media, len(body))
+
+    def predict_async(self, images: np.ndarray) -> concurrent.futures.Future[np.ndarray]:
+        """The model's answer for ``images``, computed off the calling thread (batched when batching is on)."""
+        if self.batcher is not None:
+            return self.batcher.submit(images)
+        with self._executor_lock:
+            if self._executor is None:
+                # Two threads: one request's inference overlaps the next one's hand-over, and ORT's own
+                # intra-op pool does the rest.
+                self._executor = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="bayroute-model")
+            return self._executor.submit(self.model.predict, images)
+
+    def answer(self, prepared: PreparedRequest, probabilities: np.ndarray) -> InvocationAnswer:
         rows = probabilities.tolist()
-        result: Any = rows if is_batch else rows[0]
-        if verbose:
+        result: Any = rows if prepared.is_batch else rows[0]
+        if prepared.verbose:
             result = {"labels": self.model.labels, "probabilities": result, "model_version": self.model.model_version}
-        return InvocationAnswer(
-            int(HTTPStatus.OK),
-            json.dumps(result).encode("utf-8"),
-            headers={CUSTOM_ATTRIBUTES_HEADER: self.custom_attributes},
-        )
+        return InvocationAnswer(int(HTTPStatus.OK), json.dumps(result).encode("utf-8"), headers=self._answer_headers)
+
+    def model_failure(self, prepared: PreparedRequest, exc: BaseException) -> InvocationAnswer:
+        log.error("model failure on a %s request of %d bytes", prepared.media, prepared.body_bytes, exc_info=exc)
+        return _error(HTTPStatus.INTERNAL_SERVER_ERROR, "model_error", f"{type(exc).__name__}: {exc}")
 
     def close(self) -> None:
         if self.batcher is not None:
             self.batcher.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
 
     def _image(self, body: bytes) -> np.ndarray:
         height, _ = self.model.input_size
@@ -315,128 +359,292 @@ def _verbose_json(accept: str | None) -> bool | None:
     return None
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    server_version = "bayroute-endpoint"
-    timeout = IDLE_CONNECTION_SECONDS
-    server: _Server
+_REASONS = {status.value: status.phrase for status in HTTPStatus}
+# PNG payloads whose header declares at most this many pixels a side are decoded on the event loop.
+_INLINE_PNG_SIDE = 64
+_INLINE_NPY_BYTES = 1024 * 1024
 
-    def do_GET(self) -> None:
-        with self.server.busy():
-            if self._path() == "/ping":
-                self._send(self.server.app.ping())
+
+def _http_answer(status: int, body: bytes, content_type: str, headers: Mapping[str, str], close: bool) -> bytes:
+    """One HTTP/1.1 answer, head and body in one buffer (one write, one segment for small answers)."""
+    lines = [
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}",
+        "Server: bayroute-endpoint",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+        *(f"{name}: {value}" for name, value in headers.items()),
+    ]
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def _decodes_quickly(body: bytes, media: str) -> bool:
+    """Whether decoding ``body`` takes well under a millisecond: a small PNG (the workflow's payload) or a small
+    npy array. Anything else (photos, other formats) is decoded on a worker thread."""
+    if media == NPY_CONTENT_TYPE:
+        return len(body) <= _INLINE_NPY_BYTES
+    return (
+        len(body) <= INLINE_DECODE_BYTES
+        and body[:8] == b"\x89PNG\r\n\x1a\n"
+        and body[12:16] == b"IHDR"
+        and int.from_bytes(body[16:20], "big") <= _INLINE_PNG_SIDE
+        and int.from_bytes(body[20:24], "big") <= _INLINE_PNG_SIDE
+    )
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:
+    """Run ``callback`` on the server's loop, from a model or decoding thread (dropped once the loop is closed)."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback, *args)
+
+
+@dataclass
+class _Request:
+    method: str
+    path: str
+    keep_alive: bool
+    headers: dict[str, str]
+
+
+class _ServerState:
+    """What the connections of one server share: the app, limits, open connections and requests in flight."""
+
+    def __init__(self, app: InferenceApp, max_request_bytes: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.app = app
+        self.max_request_bytes = max_request_bytes
+        self.loop = loop
+        self.connections: set[_Connection] = set()
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.decoder = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="bayroute-decode")
+
+    def started(self) -> None:
+        self.in_flight += 1
+        self.idle.clear()
+
+    def finished(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self.idle.set()
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection: requests are answered one at a time, in order (pipelined ones wait)."""
+
+    def __init__(self, state: _ServerState) -> None:
+        self._state = state
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._request: _Request | None = None  # its head is read; its body may still be arriving
+        self._body_length = 0
+        self._busy = False  # a request is being decoded or is in the model
+        self._closing = False  # the last answer is written; draining what the client still sends
+        self._peer_done = False
+        self._last_active = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio callbacks -------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._state.connections.add(self)
+        self._last_active = self._state.loop.time()
+        self._idle_timer = self._state.loop.call_later(IDLE_CONNECTION_SECONDS, self._check_idle)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return  # lingering after a final answer: the rest of an unread body, discarded
+        self._buffer += data
+        self._last_active = self._state.loop.time()
+        if not self._busy:
+            self._process()
+
+    def eof_received(self) -> bool:
+        self._peer_done = True
+        # Keep the transport open while an answer is still owed; close it otherwise.
+        return self._busy
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._state.connections.discard(self)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+
+    # -- requests --------------------------------------------------------------------------------------
+
+    def _process(self) -> None:
+        while not self._busy and not self._closing and self._transport is not None:
+            if self._request is None and not self._read_head():
+                return
+            request = self._request
+            assert request is not None
+            if len(self._buffer) < self._body_length:
+                return
+            body = bytes(self._buffer[: self._body_length])
+            del self._buffer[: self._body_length]
+            self._request, self._body_length = None, 0
+            self._handle(request, body)
+
+    def _read_head(self) -> bool:
+        """Parse the next request head (answering and closing when it is unacceptable); True once one is read."""
+        end = self._buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._buffer) > MAX_HEAD_BYTES:
+                self._final(_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "bad_request", "request head too long"))
+            return False
+        lines = bytes(self._buffer[:end]).decode("latin-1").split("\r\n")
+        del self._buffer[: end + 4]
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            self._final(
+                _error(HTTPStatus.BAD_REQUEST, "bad_request", f"not an HTTP/1.x request line: {lines[0][:80]!r}")
+            )
+            return False
+        method, target, version = parts
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if not sep:
+                self._final(_error(HTTPStatus.BAD_REQUEST, "bad_request", f"malformed header line {line[:80]!r}"))
+                return False
+            key, value = name.strip().lower(), value.strip()
+            headers[key] = f"{headers[key]}, {value}" if key in headers and key != "content-length" else value
+        connection = headers.get("connection", "").lower()
+        keep_alive = "close" not in connection if version == "HTTP/1.1" else "keep-alive" in connection
+        request = _Request(method, target.split("?", 1)[0], keep_alive, headers)
+        return self._accept(request)
+
+    def _accept(self, request: _Request) -> bool:
+        """Route the request and check its body's framing; True when its body is to be read next."""
+        if request.method == "GET" and "content-length" not in request.headers:
+            if request.path == "/ping":
+                self._write(self._state.app.ping(), request.keep_alive)
             else:
-                self._send(_error(HTTPStatus.NOT_FOUND, "not_found", f"no route for GET {self._path()}"))
-
-    def do_POST(self) -> None:
-        with self.server.busy():
-            if self._path() != "/invocations":
-                self.close_connection = True  # the body, if any, is left unread
-                self._send(_error(HTTPStatus.NOT_FOUND, "not_found", f"no route for POST {self._path()}"))
-                return
-            body = self._read_body()
-            if body is None:
-                return
-            answer = self.server.app.invoke(body, self.headers.get("Content-Type"), self.headers.get("Accept"))
-            self._send(answer)
-
-    def _path(self) -> str:
-        return self.path.split("?", 1)[0]
-
-    def _read_body(self) -> bytes | None:
-        """The request body, or None after answering why it cannot be read (and closing the connection)."""
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower() or "Content-Length" not in self.headers:
-            self.close_connection = True
-            self._send(_error(HTTPStatus.LENGTH_REQUIRED, "length_required", "send the body with Content-Length"))
-            return None
+                self._write(_error(HTTPStatus.NOT_FOUND, "not_found", f"no route for GET {request.path}"), False)
+            return False
+        if request.method != "POST" or request.path != "/invocations":
+            self._final(_error(HTTPStatus.NOT_FOUND, "not_found", f"no route for {request.method} {request.path}"))
+            return False
+        headers = request.headers
+        if "chunked" in headers.get("transfer-encoding", "").lower() or "content-length" not in headers:
+            self._final(_error(HTTPStatus.LENGTH_REQUIRED, "length_required", "send the body with Content-Length"))
+            return False
         try:
-            length = int(self.headers["Content-Length"])
+            length = int(headers["content-length"])
             if length < 0:
                 raise ValueError(length)
         except ValueError:
-            self.close_connection = True
-            self._send(_error(HTTPStatus.BAD_REQUEST, "bad_request", "Content-Length is not a byte count"))
-            return None
-        limit = self.server.max_request_bytes
+            self._final(_error(HTTPStatus.BAD_REQUEST, "bad_request", "Content-Length is not a byte count"))
+            return False
+        limit = self._state.max_request_bytes
         if length > limit:
-            self.close_connection = True
             detail = f"the body has {length} bytes, over the limit of {limit}"
-            self._send(_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "payload_too_large", detail))
-            return None
-        body = self.rfile.read(length)
-        if len(body) < length:
-            self.close_connection = True  # the client went away mid-body: nobody to answer
-            return None
-        return body
+            self._final(_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "payload_too_large", detail))
+            return False
+        if headers.get("expect", "").lower() == "100-continue" and self._transport is not None:
+            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._request, self._body_length = request, length
+        return True
 
-    def _send(self, answer: InvocationAnswer) -> None:
+    def _handle(self, request: _Request, body: bytes) -> None:
+        state = self._state
+        self._busy = True
+        state.started()
+        content_type, accept = request.headers.get("content-type"), request.headers.get("accept")
+        if _decodes_quickly(body, media_type(content_type)):
+            self._prepared(request, self._safely(state.app.prepare, body, content_type, accept))
+            return
+        future = state.decoder.submit(self._safely, state.app.prepare, body, content_type, accept)
+        future.add_done_callback(lambda done: _on_loop(state.loop, self._prepared, request, done.result()))
+
+    def _prepared(self, request: _Request, prepared: PreparedRequest | InvocationAnswer) -> None:
+        if isinstance(prepared, InvocationAnswer):
+            self._answered(request, prepared)
+            return
+        state = self._state
         try:
-            self.send_response(answer.status)
-            self.send_header("Content-Type", answer.content_type)
-            self.send_header("Content-Length", str(len(answer.body)))
-            for name, value in answer.headers.items():
-                self.send_header(name, value)
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(answer.body)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
+            future = state.app.predict_async(prepared.images)
+        except RuntimeError as exc:  # the model's threads are gone: the server is stopping
+            self._answered(request, state.app.model_failure(prepared, exc))
+            return
+        future.add_done_callback(lambda done: state.loop.call_soon_threadsafe(self._predicted, request, prepared, done))
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s " + format, self.address_string(), *args)
+    def _predicted(
+        self, request: _Request, prepared: PreparedRequest, done: concurrent.futures.Future[np.ndarray]
+    ) -> None:
+        app = self._state.app
+        error = done.exception()
+        answer = app.model_failure(prepared, error) if error is not None else app.answer(prepared, done.result())
+        self._answered(request, answer)
 
+    def _answered(self, request: _Request, answer: InvocationAnswer) -> None:
+        self._state.finished()
+        self._busy = False
+        if self._transport is None:
+            return  # the client went away while we worked: nobody to answer
+        if self._peer_done or not request.keep_alive:
+            self._final(answer)
+            return
+        self._write(answer, keep_alive=True)
+        self._process()  # a pipelined request may already be waiting
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
-
-    def __init__(self, address: tuple[str, int], app: InferenceApp, max_request_bytes: int) -> None:
-        self.app = app
-        self.max_request_bytes = max_request_bytes
-        self._connections: set[socket.socket] = set()
-        self._in_flight = 0
-        self._state = threading.Condition()
-        super().__init__(address, _Handler)
-
-    @contextlib.contextmanager
-    def busy(self) -> Iterator[None]:
-        """Counts a request as in flight, so a graceful stop waits for its answer."""
-        with self._state:
-            self._in_flight += 1
+    @staticmethod
+    def _safely(
+        prepare: Callable[[bytes, str | None, str | None], PreparedRequest | InvocationAnswer],
+        body: bytes,
+        content_type: str | None,
+        accept: str | None,
+    ) -> PreparedRequest | InvocationAnswer:
         try:
-            yield
-        finally:
-            with self._state:
-                self._in_flight -= 1
-                self._state.notify_all()
+            return prepare(body, content_type, accept)
+        except Exception as exc:  # a decoder bug must cost one answer, not the connection or the loop
+            log.exception("failed to decode a %s request of %d bytes", content_type, len(body))
+            return _error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal_error", f"{type(exc).__name__}: {exc}")
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._state:
-            self._connections.add(request)
-        super().process_request(request, client_address)
+    # -- answers and closing ---------------------------------------------------------------------------
 
-    def shutdown_request(self, request: Any) -> None:
-        with self._state:
-            self._connections.discard(request)
-        super().shutdown_request(request)
+    def _write(self, answer: InvocationAnswer, keep_alive: bool) -> None:
+        if self._transport is not None:
+            self._transport.write(
+                _http_answer(answer.status, answer.body, answer.content_type, answer.headers, not keep_alive)
+            )
+            self._last_active = self._state.loop.time()
+        if not keep_alive:
+            self._linger()
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], ConnectionError):
-            log.debug("client %s disconnected", client_address)
-        else:
-            log.exception("error while serving %s", client_address)
+    def _final(self, answer: InvocationAnswer) -> None:
+        """Answer, then close: the client is told (``Connection: close``), and the rest of its body is drained."""
+        self._write(answer, keep_alive=False)
 
-    def drain(self, timeout: float) -> None:
-        """Wait for requests in progress to be answered, then close every connection (idle keep-alives too)."""
-        with self._state:
-            self._state.wait_for(lambda: self._in_flight == 0, timeout=timeout)
-            connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):  # already closed by the client
-                connection.shutdown(socket.SHUT_RDWR)
+    def _linger(self) -> None:
+        """Half-close, discard what the client still sends, close when it does (or after LINGER_SECONDS): closing
+        with unread bytes would reset the connection and could destroy the answer before the client reads it."""
+        self._closing = True
+        self._buffer.clear()
+        transport = self._transport
+        if transport is None:
+            return
+        if self._peer_done or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self._state.loop.call_later(LINGER_SECONDS, transport.close)
+
+    def _check_idle(self) -> None:
+        if self._transport is None:
+            return
+        idle_for = self._state.loop.time() - self._last_active
+        if not self._busy and idle_for >= IDLE_CONNECTION_SECONDS:
+            self._transport.close()
+            return
+        self._idle_timer = self._state.loop.call_later(max(0.1, IDLE_CONNECTION_SECONDS - idle_for), self._check_idle)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
 
 
 class ModelServer:
@@ -464,14 +672,16 @@ class ModelServer:
             "max_batch": max_batch,
             "batch_window_s": batch_window_s,
         }
-        self._server: _Server | None = None
+        self._state: _ServerState | None = None
+        self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
+        self._port = 0
 
     @property
     def port(self) -> int:
-        if self._server is None:
+        if self._state is None:
             raise RuntimeError("the model server is not started")
-        return int(self._server.server_address[1])
+        return self._port
 
     @property
     def url(self) -> str:
@@ -480,33 +690,75 @@ class ModelServer:
 
     @property
     def app(self) -> InferenceApp:
-        if self._server is None:
+        if self._state is None:
             raise RuntimeError("the model server is not started")
-        return self._server.app
+        return self._state.app
 
     def start(self) -> ModelServer:
-        if self._server is not None:
+        """Bind and serve; returns once the socket listens (the model is loaded: a listening server is ready)."""
+        if self._state is not None:
             raise RuntimeError("the model server is already started")
         app = InferenceApp(self.model, **self._app_options)
-        self._server = _Server((self._host, self._requested_port), app, self._max_request_bytes)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="bayroute-endpoint", daemon=True
-        )
+        loop = asyncio.new_event_loop()
+        state = _ServerState(app, self._max_request_bytes, loop)
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def serve() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                self._server = loop.run_until_complete(
+                    loop.create_server(
+                        lambda: _Connection(state), self._host, self._requested_port, reuse_address=True, backlog=128
+                    )
+                )
+            except BaseException as exc:  # handed to start()'s caller
+                failure.append(exc)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                loop.close()
+
+        self._thread = threading.Thread(target=serve, name="bayroute-endpoint", daemon=True)
         self._thread.start()
+        ready.wait()
+        if failure:
+            self._thread.join()
+            self._thread = None
+            app.close()
+            state.decoder.shutdown()
+            raise failure[0]
+        assert self._server is not None
+        self._port = int(self._server.sockets[0].getsockname()[1])
+        self._state = state
         log.info("model endpoint %s serving %s on %s", self.model.model_version, self.model.path, self.url)
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop accepting, let requests in progress finish (up to ``timeout``), close every connection."""
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
+        state, server, thread = self._state, self._server, self._thread
+        if state is None or server is None or thread is None:
             return
-        server.shutdown()
-        thread.join(timeout=timeout)
-        server.drain(timeout)
-        server.server_close()
-        server.app.close()
-        self._server = self._thread = None
+
+        async def shutdown() -> None:
+            server.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.idle.wait(), timeout)
+            for connection in list(state.connections):
+                connection.close()  # pending answers are flushed first
+            await asyncio.sleep(0)
+
+        with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
+            asyncio.run_coroutine_threadsafe(shutdown(), state.loop).result(timeout + 5)
+        state.loop.call_soon_threadsafe(state.loop.stop)
+        thread.join(timeout=timeout + 5)
+        state.decoder.shutdown(wait=True)
+        state.app.close()
+        self._state = self._server = self._thread = None
 
     def __enter__(self) -> ModelServer:
         return self.start()
