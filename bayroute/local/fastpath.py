@@ -1,0 +1,383 @@
+"""Make moto's server and Step Functions interpreter cheaper per request, without changing what they answer.
+
+The local stack runs the workflow on moto 5.2.5, whose hot path redoes fixed work on every request or
+execution. Measured on 2 cores with the real workflow, that work dominated each image's journey. ``apply()``
+patches four places, each a cache of something moto recomputes from inputs that do not change:
+
+1. ``DomainDispatcherApplication.get_backend_for_host`` (every API request, under one global lock): lists
+   moto's package folder with a ``stat`` per entry, then tries every backend URL pattern. The answer depends
+   only on the host name: memoized per dispatcher and host.
+2. ``ExecutionWorker._get_evaluation_entrypoint`` (every execution): re-parses the ASL definition with
+   ANTLR (milliseconds of CPU). The parsed program is kept per definition text and reused. Only programs
+   made of states that keep their per-run state in the evaluation environment are shared (Task, Pass,
+   Choice, Wait, Succeed, Fail); a definition with a Map or Parallel state, whose components carry
+   per-run counters, is parsed afresh every time, as before.
+3. ``boto_client_for`` (every Task, imported by name into each service module): builds a new boto3 client
+   per call (and with it a new connection pool). Clients are kept per (region, service, endpoint) and shared;
+   boto3 clients are thread-safe.
+4. ``parse`` of jsonpath_ng, as the interpreter's ``json_path`` and ``result_path`` modules bind it (every
+   ``.$`` parameter, selector and result path of every state): builds a new PLY parser per call, close to a
+   millisecond of CPU, about twenty times per execution of this workflow. Parsed paths are kept per path
+   text; a parsed path is an immutable tree whose ``find``/``update_or_create`` leave it unchanged.
+
+And ``serve_in_process(url, app)`` short-circuits the transport: a botocore request from this process to the
+local stack's own URL (``http://127.0.0.1:PORT``, or ``http://localhost:PORT`` as the interpreter calls it) is
+handed to the stack's WSGI application directly, with the WSGI environment werkzeug's server would have built
+from the same bytes (moto's header-name preservation included), instead of a TCP connection, a server thread
+and werkzeug's HTTP parsing per call (werkzeug closes every connection). Same application, same answers;
+other processes (``bayroute submit``, the CLI) still use the socket. Each API call costs about half as much.
+
+The local stack calls ``serve_in_process`` once its application is built (it applies the caches too) and
+``stop_serving_in_process`` before it stops. ``tests/integration/test_fastpath_contract.py`` fails loudly when
+a moto, werkzeug or botocore upgrade moves or changes anything patched or mirrored here.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import sys
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from botocore.awsrequest import AWSPreparedRequest, AWSResponse
+from botocore.handlers import BUILTIN_HANDLERS
+from moto.core.botocore_stubber import MockRawResponse
+from moto.core.request import (
+    PRESERVED_HEADER_NAMES_ENVIRON_KEY,
+    environ_key_for_header,
+    should_preserve_original_header_name,
+)
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+from moto.stepfunctions.parser.asl.component.common.path import result_path
+from moto.stepfunctions.parser.asl.utils import boto_client, json_path
+from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
+
+# The moto modules that bind ``boto_client_for`` by name (``from ...boto_client import boto_client_for``).
+BOTO_CLIENT_MODULES = (
+    "moto.stepfunctions.parser.asl.utils.boto_client",
+    "moto.stepfunctions.parser.asl.component.state.exec.state_task.lambda_eval_utils",
+    "moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_aws_sdk",
+    "moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_batch",
+    "moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_dynamodb",
+    "moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_ecs",
+    "moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_events",
+    "moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_glue",
+    "moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_sfn",
+    "moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_sns",
+    "moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_sqs",
+    "moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_unsupported",
+    "moto.stepfunctions.parser.asl.component.state.exec.state_map.item_reader.eval.resource_eval_s3",
+    "moto.stepfunctions.parser.asl.component.state.exec.state_map.result_writer.resource_eval.resource_eval_s3",
+)
+# State types whose parsed components hold no per-execution state, so one parsed program can serve all runs.
+SHAREABLE_STATE_TYPES = frozenset({"Task", "Pass", "Choice", "Wait", "Succeed", "Fail"})
+_PATCHED = "__bayroute_fastpath__"
+_lock = threading.Lock()
+_programs: dict[str, Any] = {}
+_clients: dict[tuple[str, str, bool, str], Any] = {}
+
+
+def _patched(function: Callable[..., Any]) -> Callable[..., Any]:
+    setattr(function, _PATCHED, True)
+    return function
+
+
+def is_applied() -> bool:
+    return bool(getattr(DomainDispatcherApplication.get_backend_for_host, _PATCHED, False))
+
+
+# -- 1. backend lookup per host --------------------------------------------------------------------------
+
+
+def _cached_backend_lookup(original: Callable[[Any, str | None], Any]) -> Callable[[Any, str | None], Any]:
+    @functools.wraps(original)
+    def get_backend_for_host(self: Any, host: str | None) -> Any:
+        cache: dict[str | None, Any] = self.__dict__.setdefault("_bayroute_backend_for_host", {})
+        try:
+            return cache[host]
+        except KeyError:
+            backend = cache[host] = original(self, host)
+            return backend
+
+    return _patched(get_backend_for_host)
+
+
+# -- 2. parsed programs per definition -------------------------------------------------------------------
+
+
+def shareable(definition: str) -> bool:
+    """Whether every state of the definition (nested ones included) is of a type in SHAREABLE_STATE_TYPES."""
+    try:
+        document = json.loads(definition)
+    except ValueError:
+        return False
+
+    def walk(node: Any) -> bool:
+        if isinstance(node, dict):
+            states = node.get("States")
+            if isinstance(states, dict) and not all(
+                isinstance(state, dict) and state.get("Type") in SHAREABLE_STATE_TYPES for state in states.values()
+            ):
+                return False
+            return all(walk(value) for value in node.values())
+        if isinstance(node, list):
+            return all(walk(value) for value in node)
+        return True
+
+    return isinstance(document, dict) and isinstance(document.get("States"), dict) and walk(document)
+
+
+def _cached_entrypoint(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    @functools.wraps(original)
+    def _get_evaluation_entrypoint(self: Any) -> Any:
+        definition = self._evaluation_details.state_machine_details.definition
+        program = _programs.get(definition)
+        if program is not None:
+            return program
+        program = original(self)
+        if shareable(definition):
+            with _lock:
+                _programs.setdefault(definition, program)
+        return program
+
+    return _patched(_get_evaluation_entrypoint)
+
+
+# -- 3. one boto3 client per region, service and endpoint ------------------------------------------------
+
+
+def _cached_clients(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def boto_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
+        # What the original reads besides its arguments: whether moto intercepts boto in-process (mock_aws),
+        # else the server port it calls. It ignores state_credentials, so the key does too.
+        key = (region, service, bool(boto_client.botocore_stubber.enabled), boto_client.moto_server_port())
+        client = _clients.get(key)
+        if client is None:
+            with _lock:
+                client = _clients.get(key)
+                if client is None:
+                    client = _clients[key] = original(region, service, state_credentials)
+        return client
+
+    return _patched(boto_client_for)
+
+
+# -- 4. parsed JSONPath expressions per path text --------------------------------------------------------
+
+
+def _cached_parse(original: Callable[[str], Any]) -> Callable[[str], Any]:
+    return _patched(functools.lru_cache(maxsize=4096)(original))
+
+
+def apply() -> None:
+    """Install the four caches and the in-process transport hook (once per process)."""
+    with _lock:
+        if is_applied():
+            return
+        json_path.parse = _cached_parse(json_path.parse)  # type: ignore[assignment]
+        result_path.parse = _cached_parse(result_path.parse)  # type: ignore[assignment]
+        original_client = boto_client.boto_client_for
+        cached_client = _cached_clients(original_client)
+        for name in BOTO_CLIENT_MODULES:
+            module = importlib.import_module(name)
+            if getattr(module, "boto_client_for", None) is not original_client:
+                raise RuntimeError(f"{name} no longer binds moto's boto_client_for: bayroute.local.fastpath is stale")
+            module.boto_client_for = cached_client  # type: ignore[attr-defined]
+        ExecutionWorker._get_evaluation_entrypoint = _cached_entrypoint(  # type: ignore[method-assign,assignment]
+            ExecutionWorker._get_evaluation_entrypoint
+        )
+        DomainDispatcherApplication.get_backend_for_host = _cached_backend_lookup(  # type: ignore[method-assign,assignment]
+            DomainDispatcherApplication.get_backend_for_host
+        )
+        _install_transport()
+
+
+def program_cached(definition: str) -> bool:
+    return definition in _programs
+
+
+def cached_client_services() -> set[str]:
+    return {service for _, service, _, _ in _clients}
+
+
+# -- the transport: botocore → the stack's WSGI application, in this process -----------------------------
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+_apps: dict[str, WsgiApp] = {}  # "http://127.0.0.1:PORT" and "http://localhost:PORT" → the stack's application
+_METHODS_EXPECTING_BODY = frozenset({"PATCH", "POST", "PUT"})  # http.client sends Content-Length: 0 for these
+
+
+def _origins(url: str) -> list[str]:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http" or parts.port is None:
+        raise ValueError(f"expected http://HOST:PORT, got {url!r}")
+    hosts = (
+        {parts.hostname, "127.0.0.1", "localhost"} if parts.hostname in ("127.0.0.1", "localhost") else {parts.hostname}
+    )
+    return [f"http://{host}:{parts.port}" for host in sorted(h for h in hosts if h)]
+
+
+def serve_in_process(url: str, app: WsgiApp) -> None:
+    """Route this process's botocore requests for ``url`` (and its loopback aliases) to ``app``; applies the caches."""
+    apply()
+    with _lock:
+        for origin in _origins(url):
+            _apps[origin] = app
+
+
+def stop_serving_in_process(url: str) -> None:
+    """Requests for ``url`` go over the network again (the stack is stopping)."""
+    with _lock:
+        for origin in _origins(url):
+            _apps.pop(origin, None)
+
+
+def serving_in_process(url: str) -> bool:
+    return all(origin in _apps for origin in _origins(url))
+
+
+def _body_bytes(body: Any) -> bytes | None:
+    """The request body as bytes, or None for a body this transport does not take (a one-shot stream)."""
+    if body is None:
+        return b""
+    if isinstance(body, bytes | bytearray):
+        return bytes(body)
+    if isinstance(body, str):
+        return body.encode("utf-8")
+    if hasattr(body, "read") and hasattr(body, "seek") and hasattr(body, "tell"):
+        start = body.tell()
+        data = body.read()
+        body.seek(start)  # botocore may read it again (checksums, a retry)
+        return data if isinstance(data, bytes) else str(data).encode("utf-8")
+    return None
+
+
+def wsgi_environ(request: AWSPreparedRequest, body: bytes) -> dict[str, Any]:
+    """The environment werkzeug's server (with moto's request handler) builds for this request.
+
+    Mirrors ``werkzeug.serving.WSGIRequestHandler.make_environ`` for a request line of ``path?query`` and the
+    headers http.client adds (``Host`` from the URL, ``Accept-Encoding: identity``, ``Content-Length`` for a
+    body), then moto's
+    ``MotoRequestHandler.make_environ`` (underscored ``x-amz-meta-`` names kept).
+    """
+    from io import BytesIO
+
+    from werkzeug.serving import _wsgi_encoding_dance
+
+    parts = urllib.parse.urlsplit(request.url)
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    headers: list[tuple[str, str]] = [
+        (str(name), value.decode("latin-1") if isinstance(value, bytes) else str(value))
+        for name, value in request.headers.items()
+    ]
+    names = {name.lower() for name, _ in headers}
+    if "host" not in names:
+        headers.insert(0, ("Host", parts.netloc))
+    if "accept-encoding" not in names:
+        headers.append(("Accept-Encoding", "identity"))  # http.client adds it to every request
+    if "content-length" not in names and (body or request.method in _METHODS_EXPECTING_BODY):
+        headers.append(("Content-Length", str(len(body))))
+    environ: dict[str, Any] = {
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        "SERVER_SOFTWARE": "bayroute-in-process",
+        "REQUEST_METHOD": request.method,
+        "SCRIPT_NAME": "",
+        "PATH_INFO": _wsgi_encoding_dance(urllib.parse.unquote(parts.path)),
+        "QUERY_STRING": _wsgi_encoding_dance(parts.query),
+        "REQUEST_URI": _wsgi_encoding_dance(target),
+        "RAW_URI": _wsgi_encoding_dance(target),
+        "REMOTE_ADDR": "127.0.0.1",
+        "REMOTE_PORT": 0,
+        "SERVER_NAME": parts.hostname or "127.0.0.1",
+        "SERVER_PORT": str(parts.port),
+        "SERVER_PROTOCOL": "HTTP/1.1",
+    }
+    for name, value in headers:
+        if "_" in name:
+            continue
+        key = name.upper().replace("-", "_")
+        value = value.replace("\r\n", "")
+        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            key = f"HTTP_{key}"
+            if key in environ:
+                value = f"{environ[key]},{value}"
+        environ[key] = value
+    # moto's request handler: underscored metadata headers are kept under their own names.
+    dashed = {environ_key_for_header(name) for name, _ in headers if "_" not in name}
+    preserved: dict[str, str] = {}
+    values: dict[str, list[str]] = {}
+    for name, value in headers:
+        if not should_preserve_original_header_name(name):
+            continue
+        key = environ_key_for_header(name)
+        if key in dashed:
+            continue
+        preserved.setdefault(key, name)
+        values.setdefault(key, []).append(value.replace("\r\n", ""))
+    for key, key_values in values.items():
+        environ[key] = ",".join(key_values)
+    environ[PRESERVED_HEADER_NAMES_ENVIRON_KEY] = preserved
+    return environ
+
+
+def call_app(app: WsgiApp, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
+    """(status, headers, body) of one WSGI call; an exception becomes werkzeug's 500, as the server answers it."""
+    answer: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+        answer["status"], answer["headers"] = status, headers
+        return lambda chunk: answer.setdefault("written", []).append(chunk)
+
+    try:
+        chunks = app(environ, start_response)
+        try:
+            body = b"".join(answer.get("written", [])) + b"".join(chunks)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+    except Exception:  # werkzeug's server logs it and answers 500 Internal Server Error
+        import logging
+
+        logging.getLogger(__name__).exception("the local stack's application failed on %s", environ["PATH_INFO"])
+        return 500, [("Content-Type", "text/html; charset=utf-8")], b"<h1>Internal Server Error</h1>"
+    return int(str(answer["status"]).split(" ", 1)[0]), list(answer["headers"]), body
+
+
+def _send_in_process(request: AWSPreparedRequest, **_: Any) -> AWSResponse | None:
+    """botocore's ``before-send`` hook: answer requests for a registered origin without the network."""
+    url = request.url
+    if not _apps or not url.startswith("http://"):
+        return None
+    end = url.find("/", len("http://"))
+    app = _apps.get(url if end < 0 else url[:end])
+    if app is None:
+        return None
+    body = _body_bytes(request.body)
+    if body is None:
+        return None
+    status, headers, content = call_app(app, wsgi_environ(request, body))
+    if request.method == "HEAD":
+        content = b""
+    return AWSResponse(url, status, dict(headers), MockRawResponse(content))
+
+
+def _install_transport() -> None:
+    """Every botocore session created from now on asks ``_send_in_process`` before it sends (as moto's own
+    in-process mock hooks in), and so does boto3's default session if it exists already."""
+    BUILTIN_HANDLERS.append(("before-send", _send_in_process))
+    import boto3
+
+    if boto3.DEFAULT_SESSION is not None:
+        boto3.DEFAULT_SESSION.events.register("before-send", _send_in_process)

@@ -1,0 +1,247 @@
+"""``bayroute.local.fastpath`` against the moto, werkzeug and botocore it patches: fails loudly when an upgrade
+moves what it caches, or when the in-process transport stops seeing requests exactly as werkzeug's server does.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import pkgutil
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from moto.stepfunctions import parser as sfn_parser
+from moto.stepfunctions.parser.asl.component.common.path import result_path
+from moto.stepfunctions.parser.asl.utils import boto_client, json_path
+from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
+from werkzeug.serving import make_server
+
+from bayroute.local import fastpath
+from bayroute.local.lambda_api import LambdaInvokeMiddleware, LocalFunction, function_arn
+
+REGION = "us-east-1"
+# Headers that differ between any two botocore calls (request ids, signing time).
+VOLATILE = {"HTTP_AUTHORIZATION", "HTTP_X_AMZ_DATE", "HTTP_AMZ_SDK_INVOCATION_ID", "HTTP_AMZ_SDK_REQUEST"}
+
+
+def _client(service: str, url: str) -> Any:
+    session = boto3.session.Session(aws_access_key_id="ak", aws_secret_access_key="sk", region_name=REGION)
+    return session.client(service, endpoint_url=url, config=Config(retries={"total_max_attempts": 1}))
+
+
+class _Served:
+    """A WSGI application behind werkzeug's threaded server with moto's request handler, as the local stack runs."""
+
+    def __init__(self, app: Any) -> None:
+        self.server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> _Served:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        fastpath.stop_serving_in_process(self.url)
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def applied() -> None:
+    fastpath.apply()
+
+
+def test_every_patched_place_is_still_where_moto_keeps_it() -> None:
+    assert fastpath.is_applied()
+    for name in fastpath.BOTO_CLIENT_MODULES:
+        module = importlib.import_module(name)
+        assert getattr(module.boto_client_for, "__bayroute_fastpath__", False), name
+    # Every interpreter module that calls boto_client_for is covered (a new one would build clients per task).
+    callers = set()
+    for info in pkgutil.walk_packages(sfn_parser.__path__, prefix=f"{sfn_parser.__name__}."):
+        spec = importlib.util.find_spec(info.name)
+        if spec and spec.origin and spec.origin.endswith(".py"):
+            with open(spec.origin, encoding="utf-8") as source:
+                if "boto_client_for" in source.read():
+                    callers.add(info.name)
+    assert callers == set(fastpath.BOTO_CLIENT_MODULES)
+    original = boto_client.boto_client_for.__wrapped__  # type: ignore[attr-defined]
+    assert list(inspect.signature(original).parameters) == ["region", "service", "state_credentials"]
+    assert hasattr(boto_client, "botocore_stubber") and hasattr(boto_client, "moto_server_port")
+    assert getattr(ExecutionWorker._get_evaluation_entrypoint, "__bayroute_fastpath__", False)
+    entrypoint = ExecutionWorker._get_evaluation_entrypoint.__wrapped__  # type: ignore[attr-defined]
+    assert "state_machine_details.definition" in inspect.getsource(entrypoint)
+    assert getattr(DomainDispatcherApplication.get_backend_for_host, "__bayroute_fastpath__", False)
+    assert getattr(json_path.parse, "__bayroute_fastpath__", False)
+    assert getattr(result_path.parse, "__bayroute_fastpath__", False)
+    assert json_path.parse("$.a.b") is json_path.parse("$.a.b")
+
+
+def test_only_definitions_without_map_or_parallel_share_one_parsed_program() -> None:
+    task = {
+        "StartAt": "A",
+        "States": {"A": {"Type": "Task", "Resource": "x", "Next": "B"}, "B": {"Type": "Pass", "End": True}},
+    }
+    parallel = {
+        "StartAt": "P",
+        "States": {
+            "P": {
+                "Type": "Parallel",
+                "Branches": [{"StartAt": "A", "States": {"A": {"Type": "Pass", "End": True}}}],
+                "End": True,
+            }
+        },
+    }
+    nested_map = {
+        "StartAt": "C",
+        "States": {
+            "C": {"Type": "Choice", "Choices": [], "Default": "M"},
+            "M": {
+                "Type": "Map",
+                "ItemProcessor": {"StartAt": "X", "States": {"X": {"Type": "Pass", "End": True}}},
+                "End": True,
+            },
+        },
+    }
+    assert fastpath.shareable(json.dumps(task))
+    assert not fastpath.shareable(json.dumps(parallel))
+    assert not fastpath.shareable(json.dumps(nested_map))
+    assert not fastpath.shareable("not json")
+
+
+def _environ_capture() -> tuple[Any, list[dict[str, Any]]]:
+    seen: list[dict[str, Any]] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        seen.append({**{k: v for k, v in environ.items() if k.isupper() or k.startswith("moto.")}, "body": body})
+        start_response("200 OK", [("Content-Type", "application/xml"), ("ETag", '"e"')])
+        return [b""]
+
+    return app, seen
+
+
+def _relevant(environ: dict[str, Any]) -> dict[str, Any]:
+    skip = VOLATILE | {"REMOTE_ADDR", "REMOTE_PORT", "SERVER_SOFTWARE"}
+    return {k: v for k, v in environ.items() if k not in skip}
+
+
+@pytest.mark.parametrize("key", ["plain.png", "a b+c/ü%2Fx.png", "dir//double?.jpg"], ids=["plain", "encoded", "odd"])
+def test_the_application_sees_what_werkzeugs_server_would_have_given_it(key: str) -> None:
+    app, seen = _environ_capture()
+    with _Served(app) as served:
+        s3 = _client("s3", served.url)
+
+        def calls() -> None:
+            s3.put_object(
+                Bucket="bucket-1", Key=key, Body=b"\x89PNG body", Metadata={"under_score": "1", "dash-ed": "2"}
+            )
+            s3.list_objects_v2(Bucket="bucket-1", Prefix="a b+c/", MaxKeys=5)
+            s3.delete_objects(Bucket="bucket-1", Delete={"Objects": [{"Key": key}]})
+
+        calls()  # over the socket
+        fastpath.serve_in_process(served.url, app)
+        calls()  # in process
+    over_http, in_process = seen[:3], seen[3:]
+    assert len(in_process) == 3
+    assert all(env["SERVER_SOFTWARE"] == "bayroute-in-process" for env in in_process)
+    assert all(env["SERVER_SOFTWARE"] != "bayroute-in-process" for env in over_http)
+    for socket_env, direct_env in zip(over_http, in_process, strict=True):
+        assert _relevant(direct_env) == _relevant(socket_env)
+
+
+@pytest.fixture
+def moto_app(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, dict[str, LocalFunction]]]:
+    """moto's application with the Lambda Invoke API in front, as the local stack builds it, served and in process."""
+    functions = {"double": LocalFunction("double", lambda event, _ctx: {"value": event["value"] * 2})}
+    app = LambdaInvokeMiddleware(DomainDispatcherApplication(create_backend_app), functions)
+    with _Served(app) as served:
+        monkeypatch.setenv("MOTO_PORT", str(served.server.server_port))
+        _client("s3", served.url)  # (a session exists before registration, as in the stack)
+        fastpath.serve_in_process(served.url, app)
+        yield served.url, functions
+
+
+def test_s3_and_sqs_answer_the_same_in_process_as_over_the_socket(moto_app: tuple[str, Any]) -> None:
+    url, _ = moto_app
+
+    def scenario(bucket: str) -> list[Any]:
+        s3, sqs = _client("s3", url), _client("sqs", url)
+        s3.create_bucket(Bucket=bucket)
+        put = s3.put_object(Bucket=bucket, Key="k y+z.png", Body=b"0123456789", Metadata={"a_b": "c"})
+        got = s3.get_object(Bucket=bucket, Key="k y+z.png", Range="bytes=2-5")
+        with pytest.raises(s3.exceptions.ClientError) as missing:
+            s3.head_object(Bucket=bucket, Key="absent")
+        queue = sqs.create_queue(QueueName=f"{bucket}-q")["QueueUrl"]
+        sqs.send_message(QueueUrl=queue, MessageBody="hello")
+        message = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=1)["Messages"][0]
+        return [
+            put["ETag"],
+            got["Body"].read(),
+            got["ContentRange"],
+            got["Metadata"],
+            missing.value.response["Error"]["Code"],
+            message["Body"],
+        ]
+
+    in_process = scenario("in-process-bucket")
+    fastpath.stop_serving_in_process(url)
+    assert not fastpath.serving_in_process(url)
+    assert scenario("socket-bucket") == in_process
+
+
+def test_the_interpreter_runs_in_process_with_one_program_and_one_client_per_service(
+    moto_app: tuple[str, dict[str, LocalFunction]],
+) -> None:
+    url, functions = moto_app
+    request = urllib.request.Request(
+        f"{url}/moto-api/config",
+        data=json.dumps({"stepfunctions": {"execute_state_machine": True}}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    urllib.request.urlopen(request, timeout=10).read()
+    definition = json.dumps(
+        {
+            "StartAt": "Double",
+            "States": {
+                "Double": {
+                    "Type": "Task",
+                    "Resource": "arn:aws:states:::lambda:invoke",
+                    "Parameters": {"FunctionName": function_arn("double"), "Payload": {"value.$": "$.value"}},
+                    "ResultSelector": {"value.$": "$.Payload.value"},
+                    "ResultPath": "$.doubled",
+                    "Next": "Done",
+                },
+                "Done": {"Type": "Pass", "InputPath": "$.doubled", "End": True},
+            },
+        }
+    )
+    sfn = _client("stepfunctions", url)
+    machine = sfn.create_state_machine(
+        name="fastpath-contract", definition=definition, roleArn="arn:aws:iam::123456789012:role/r", type="EXPRESS"
+    )["stateMachineArn"]
+    outputs = []
+    for value in (2, 5):
+        arn = sfn.start_execution(stateMachineArn=machine, name=f"run-{value}", input=json.dumps({"value": value}))[
+            "executionArn"
+        ]
+        deadline = time.monotonic() + 30
+        while (described := sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
+            assert time.monotonic() < deadline, "the execution did not finish"
+            time.sleep(0.05)
+        assert described["status"] == "SUCCEEDED", described
+        outputs.append(json.loads(described["output"]))
+    assert outputs == [{"value": 4}, {"value": 10}]
+    assert functions["double"].invocations == 2
+    assert fastpath.program_cached(definition)  # parsed once, run twice
+    assert "lambda" in fastpath.cached_client_services()
