@@ -86,8 +86,8 @@ class ImageItem:
 
 
 def list_images(target: Target, *, s3_client: Any = None, exclude: Iterable[Path] = ()) -> list[ImageItem]:
-    """Every file under the folder (recursively, sorted, hidden files and ``exclude`` folders skipped), or every
-    object under the prefix (folder markers skipped). Content decides what is an image, not the name."""
+    """Every file under the folder (recursively, sorted by relative path, hidden files and ``exclude`` skipped), or
+    every object under the prefix (folder markers skipped). Content decides what is an image, not the name."""
     if target.bucket is not None:
         return _list_bucket(target, s3_client)
     assert target.folder is not None
@@ -101,6 +101,7 @@ def list_images(target: Target, *, s3_client: Any = None, exclude: Iterable[Path
         paths.extend(
             here / name for name in sorted(files) if not name.startswith(".") and resolved / name not in skipped
         )
+    paths.sort(key=lambda path: path.relative_to(target.folder).parts)  # type: ignore[arg-type]
     return [ImageItem(index, str(path), str(path)) for index, path in enumerate(paths)]
 
 
