@@ -23,6 +23,7 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoReque
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from bayroute.config import Settings
+from bayroute.local import fastpath
 from bayroute.local.dispatcher import SqsDispatcher
 from bayroute.local.lambda_api import REGION, Handler, LambdaInvokeMiddleware, LocalFunction
 from bayroute.local.monitoring import LocalMonitor
@@ -127,6 +128,9 @@ class LocalStack:
         self.functions = {name: LocalFunction(name, handler) for name, handler in handlers.items()}
         app = LambdaInvokeMiddleware(DomainDispatcherApplication(create_backend_app), self.functions)
         self._server.app = app
+        # moto's own request handling dominates the local pipeline: cache what it recomputes per call, and
+        # serve this process's AWS calls in process instead of over loopback TCP.
+        fastpath.serve_in_process(aws_url, app)
         self._server_thread = threading.Thread(target=self._server.serve_forever, name="moto", daemon=True)
         self._server_thread.start()
         # moto's backends live as long as the process: start each stack from an empty account.
@@ -154,6 +158,7 @@ class LocalStack:
             self._dispatcher.stop()
             self._dispatcher = None
         if self._server is not None:
+            fastpath.stop_serving_in_process(self.aws_endpoint_url)
             if self._server_thread is not None:
                 self._server.shutdown()
                 self._server_thread.join(timeout=10)
