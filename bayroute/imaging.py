@@ -29,6 +29,7 @@ Decisions, in the order they are applied:
 
 from __future__ import annotations
 
+import importlib
 import io
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -75,10 +76,24 @@ _PILLOW_FORMATS = {
     "tiff": "TIFF",
     "avif": "AVIF",
 }
+# Pillow plugin name -> the module that registers it. Importing these (not Image.init(), which imports all
+# forty plugins) keeps the cold start of the functions that decode short.
+_PILLOW_PLUGIN_MODULES = {
+    "PNG": "PIL.PngImagePlugin",
+    "JPEG": "PIL.JpegImagePlugin",
+    "GIF": "PIL.GifImagePlugin",
+    "WEBP": "PIL.WebPImagePlugin",
+    "BMP": "PIL.BmpImagePlugin",
+    "TIFF": "PIL.TiffImagePlugin",
+    "AVIF": "PIL.AvifImagePlugin",
+}
 
 
 def _pillow_supports(fmt: str) -> bool:
-    Image.init()
+    try:
+        importlib.import_module(_PILLOW_PLUGIN_MODULES[_PILLOW_FORMATS[fmt]])
+    except ImportError:  # a Pillow build without the plugin
+        return False
     if _PILLOW_FORMATS[fmt] not in Image.OPEN:
         return False
     if fmt in {"webp", "avif"}:

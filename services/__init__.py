@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from aws_lambda_powertools import Metrics
+import contextlib
+import os
+from collections.abc import Generator, Sequence
+from typing import Any
+
+from aws_lambda_powertools import Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
+from aws_lambda_powertools.tracing.base import BaseProvider, BaseSegment
 
 
 def count(metrics: Metrics, name: str, value: float = 1) -> None:
@@ -15,3 +21,66 @@ def count(metrics: Metrics, name: str, value: float = 1) -> None:
     """
     if not is_metrics_disabled():
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+
+
+def tracing_enabled() -> bool:
+    """Whether Powertools' Tracer would trace here: inside Lambda, not under SAM local, not switched off."""
+    if os.environ.get("POWERTOOLS_TRACE_DISABLED", "false").strip().lower() in {"1", "true", "yes", "on", "y", "t"}:
+        return False
+    return bool(os.environ.get("LAMBDA_TASK_ROOT")) and not os.environ.get("AWS_SAM_LOCAL")
+
+
+def tracer_for(service: str) -> Tracer:
+    """Powertools' Tracer with X-Ray where tracing is on (the deployed functions), and without it elsewhere.
+
+    Powertools builds the X-Ray recorder even when tracing is off, and that recorder creates a botocore
+    X-Ray client at once: a few hundred milliseconds of every local process start (the local stack, the
+    CLI, each cold start measured by ``make bench``) for traces that are never sent.
+    """
+    if tracing_enabled():
+        return Tracer(service=service)
+    return Tracer(service=service, disabled=True, provider=_NoTraces())
+
+
+class _NoSegment(BaseSegment):
+    def close(self, end_time: int | None = None) -> None:
+        pass
+
+    def add_subsegment(self, subsegment: Any) -> None:
+        pass
+
+    def remove_subsegment(self, subsegment: Any) -> None:
+        pass
+
+    def put_annotation(self, key: str, value: Any) -> None:
+        pass
+
+    def put_metadata(self, key: str, value: Any, namespace: str = "default") -> None:
+        pass
+
+    def add_exception(self, exception: BaseException, stack: Any, remote: bool = False) -> None:
+        pass
+
+
+class _NoTraces(BaseProvider):
+    """The provider of a disabled Tracer: a disabled Tracer never records, so nothing here does either."""
+
+    @contextlib.contextmanager
+    def in_subsegment(self, name: Any = None, **kwargs: Any) -> Generator[BaseSegment, None, None]:
+        yield _NoSegment()
+
+    @contextlib.asynccontextmanager
+    async def in_subsegment_async(self, name: Any = None, **kwargs: Any) -> Any:
+        yield _NoSegment()
+
+    def put_annotation(self, key: str, value: Any) -> None:
+        pass
+
+    def put_metadata(self, key: str, value: Any, namespace: str = "default") -> None:
+        pass
+
+    def patch(self, modules: Sequence[str]) -> None:
+        pass
+
+    def patch_all(self) -> None:
+        pass

@@ -14,20 +14,22 @@ import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-import boto3
-from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from bayroute.domain import WorkflowRequest
 from bayroute.errors import EmptyObject, ObjectMissing, TooLarge
 
+if TYPE_CHECKING:  # imported where used: infer, which has no idempotency, starts faster without it
+    from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+
 DEFAULT_REGION = "us-east-1"
 
 _clients: dict[tuple[str, str, str | None], Any] = {}
-_sessions: dict[tuple[str, str | None, str | None], boto3.session.Session] = {}
+_sessions: dict[tuple[str, str | None, str | None], botocore.session.Session] = {}
 _clients_lock = threading.Lock()
 
 # S3 answers these when the object (or the version, or the bucket) is gone.
@@ -37,7 +39,9 @@ _REPLACED_CODES = {"PreconditionFailed", "412"}
 
 
 def aws_client(service: str) -> Any:
-    """A boto3 client for ``service``, shared per (service, region, ``AWS_ENDPOINT_URL``).
+    """A botocore client for ``service`` (what ``boto3.client`` returns), shared per (service, region,
+    ``AWS_ENDPOINT_URL``). botocore alone: boto3 adds nothing these calls use, and importing it (with
+    s3transfer) would lengthen every function's cold start.
 
     Locally ``AWS_ENDPOINT_URL`` points at moto's server, which reports its own exceptions as HTTP 500;
     botocore would retry those and repeat calls that are not idempotent, so a client for an endpoint
@@ -55,12 +59,12 @@ def aws_client(service: str) -> Any:
                 config = Config(retries={"mode": "standard"}, connect_timeout=5, read_timeout=30)
             # One session per region, endpoint and identity: sessions cache the service models (loading one
             # takes a fifth of a second) and the credentials. Creating clients is serialized by the lock,
-            # because a boto3 session is not safe to share across threads while it does that.
+            # because a session is not safe to share across threads while it does that.
             session_key = (region, endpoint_url, os.environ.get("AWS_ACCESS_KEY_ID"))
             session = _sessions.get(session_key)
             if session is None:
-                session = _sessions[session_key] = boto3.session.Session()
-            client = session.client(service, region_name=region, endpoint_url=endpoint_url, config=config)
+                session = _sessions[session_key] = botocore.session.Session()
+            client = session.create_client(service, region_name=region, endpoint_url=endpoint_url, config=config)
             _clients[cache_key] = client
     return client
 
@@ -73,6 +77,8 @@ def reset_clients() -> None:
 
 def idempotency_store(table_name: str) -> DynamoDBPersistenceLayer:
     """Powertools' DynamoDB persistence layer on the shared client (partition key ``id``, TTL ``expiration``)."""
+    from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+
     return DynamoDBPersistenceLayer(table_name=table_name, boto3_client=aws_client("dynamodb"))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from bayroute.adapters.aws import ObjectStore, aws_client, per_environment
@@ -18,11 +18,11 @@ from bayroute.capture import CaptureWriter
 from bayroute.config import load_settings
 from bayroute.errors import WorkflowError
 from bayroute.steps.infer import Infer
-from services import count
+from services import count, tracer_for
 
 SERVICE = "bayroute-infer"
 logger = Logger(service=SERVICE)
-tracer = Tracer(service=SERVICE)
+tracer = tracer_for(SERVICE)
 metrics = Metrics(namespace="bayroute", service=SERVICE)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
@@ -29,11 +29,11 @@ from bayroute.adapters.aws import (
 from bayroute.config import load_settings
 from bayroute.errors import InvalidEvent
 from bayroute.steps.ingest import Ingest
-from services import count
+from services import count, tracer_for
 
 SERVICE = "bayroute-ingest"
 logger = Logger(service=SERVICE)
-tracer = Tracer(service=SERVICE)
+tracer = tracer_for(SERVICE)
 metrics = Metrics(namespace="bayroute", service=SERVICE)
 
 _METRIC_BY_STATUS = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from aws_lambda_powertools import Logger, Tracer
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -19,10 +19,11 @@ from bayroute.adapters.aws import aws_client, per_environment
 from bayroute.config import load_settings
 from bayroute.monitoring.monitor import Monitor, MonitorConfig, baselines_from_model
 from bayroute.monitoring.publish import EmfSink, MetricSink, PutMetricDataSink
+from services import tracer_for
 
 SERVICE = "bayroute-monitor"
 logger = Logger(service=SERVICE)
-tracer = Tracer(service=SERVICE)
+tracer = tracer_for(SERVICE)
 
 
 @per_environment

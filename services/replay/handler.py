@@ -11,18 +11,18 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from bayroute.adapters.aws import DeadLetterQueue, WorkflowStarter, aws_client, per_environment
 from bayroute.config import load_settings
 from bayroute.errors import InvalidEvent
 from bayroute.replay import Replayer, S3ObjectPresence, Selection, SqsDeadLetters
-from services import count
+from services import count, tracer_for
 
 SERVICE = "bayroute-replay"
 logger = Logger(service=SERVICE)
-tracer = Tracer(service=SERVICE)
+tracer = tracer_for(SERVICE)
 metrics = Metrics(namespace="bayroute", service=SERVICE)
 # Time kept back from the function's timeout to release the messages not reached and to answer.
 RESERVE_SECONDS = 10.0
