@@ -80,3 +80,52 @@ def _beta(alpha: float, generator: torch.Generator) -> float:
     # torch's Beta sampler takes no generator; derive a numpy one from the torch stream to stay seeded.
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
     return float(np.random.default_rng(seed).beta(alpha, alpha))
+
+
+def random_affine(
+    images: torch.Tensor, degrees: float, scale: float, shear: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Rotate by up to ``degrees``, zoom by a factor in [1 - scale, 1 + scale] and shear by up to ``shear``
+    degrees, each image its own draw, resampled bilinearly with reflected borders.
+
+    Photos of the same vehicle differ by camera angle and distance; crops and flips alone do not show that.
+    """
+    if degrees <= 0 and scale <= 0 and shear <= 0:
+        return images
+    n = images.shape[0]
+
+    def uniform(limit: float) -> torch.Tensor:
+        return (torch.rand(n, generator=generator) * 2 - 1) * limit
+
+    angle = torch.deg2rad(uniform(degrees))
+    skew = torch.tan(torch.deg2rad(uniform(shear)))
+    zoom = 1.0 + uniform(scale)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    # affine_grid maps output coordinates to input ones: the inverse of the wanted transform, up to sign.
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = cos
+    theta[:, 0, 1] = -sin + skew * cos
+    theta[:, 1, 0] = sin
+    theta[:, 1, 1] = cos + skew * sin
+    grid = F.affine_grid(theta.to(images.device), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def color_jitter(images: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
+    """Scale brightness, contrast and saturation of each image by factors in [1 - strength, 1 + strength].
+
+    Works on normalised images: brightness scales values around the dataset mean (zero), contrast around the
+    image's own mean, saturation around its per-pixel grey (channel mean).
+    """
+    if strength <= 0:
+        return images
+    n = images.shape[0]
+
+    def factor() -> torch.Tensor:
+        return (1.0 + (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * strength).to(images.device)
+
+    images = images * factor()
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    images = mean + (images - mean) * factor()
+    grey = images.mean(dim=1, keepdim=True)
+    return grey + (images - grey) * factor()
