@@ -2,7 +2,7 @@
 
 The local stack runs the workflow on moto 5.2.5, whose hot path redoes fixed work on every request or
 execution. Measured on 2 cores with the real workflow, that work dominated each image's journey. ``apply()``
-patches four places, each a cache of something moto recomputes from inputs that do not change:
+patches six places, each a cache of something moto recomputes from inputs that do not change:
 
 1. ``DomainDispatcherApplication.get_backend_for_host`` (every API request, under one global lock): lists
    moto's package folder with a ``stat`` per entry, then tries every backend URL pattern. The answer depends
@@ -19,6 +19,12 @@ patches four places, each a cache of something moto recomputes from inputs that 
    ``.$`` parameter, selector and result path of every state): builds a new PLY parser per call, close to a
    millisecond of CPU, about twenty times per execution of this workflow. Parsed paths are kept per path
    text; a parsed path is an immutable tree whose ``find``/``update_or_create`` leave it unchanged.
+5. ``parse`` of ``jsonpath_ng.ext``, which EventBridge's target delivery imports at each call
+   (``EventTemplateParser.parse``: eight default input paths per event delivered to a target, each a new
+   PLY parser). The module attribute is replaced by the same per-text cache, so that import finds it.
+6. ``ErrorLookupFactory.for_service``: every error answer (a ``NoSuchKey``, a conditional-check failure)
+   builds the service's error table from its botocore model, because ``get_error_model`` makes a new
+   factory, and with it an empty cache, per call. The table depends only on the service: kept per service id.
 
 And ``serve_in_process(url, app)`` short-circuits the transport: a botocore request from this process to the
 local stack's own URL (``http://127.0.0.1:PORT``, or ``http://localhost:PORT`` as the interpreter calls it) is
@@ -43,9 +49,11 @@ import urllib.parse
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import jsonpath_ng.ext as jsonpath_ext
 from botocore.awsrequest import AWSPreparedRequest, AWSResponse
 from botocore.handlers import BUILTIN_HANDLERS
 from moto.core.botocore_stubber import MockRawResponse
+from moto.core.errors import ErrorLookupFactory
 from moto.core.request import (
     PRESERVED_HEADER_NAMES_ENVIRON_KEY,
     environ_key_for_header,
@@ -174,11 +182,32 @@ def _cached_parse(original: Callable[[str], Any]) -> Callable[[str], Any]:
     return _patched(functools.lru_cache(maxsize=4096)(original))
 
 
+# -- 6. error tables per service ---------------------------------------------------------------------------
+
+
+def _cached_error_lookup(original: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    tables: dict[str, Any] = {}
+
+    @functools.wraps(original)
+    def for_service(self: Any, service_model: Any) -> Any:
+        service_id = service_model.metadata.get("serviceId")
+        if service_id is None:  # moto does not cache these either
+            return original(self, service_model)
+        table = tables.get(service_id)
+        if table is None:
+            table = tables[service_id] = original(self, service_model)
+        return table
+
+    return _patched(for_service)
+
+
 def apply() -> None:
-    """Install the four caches and the in-process transport hook (once per process)."""
+    """Install the six caches and the in-process transport hook (once per process)."""
     with _lock:
         if is_applied():
             return
+        jsonpath_ext.parse = _cached_parse(jsonpath_ext.parse)  # type: ignore[assignment]
+        ErrorLookupFactory.for_service = _cached_error_lookup(ErrorLookupFactory.for_service)  # type: ignore[method-assign,assignment]
         json_path.parse = _cached_parse(json_path.parse)  # type: ignore[assignment]
         result_path.parse = _cached_parse(result_path.parse)  # type: ignore[assignment]
         original_client = boto_client.boto_client_for

@@ -15,8 +15,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import boto3
+import botocore.session
+import jsonpath_ng.ext as jsonpath_ext
 import pytest
 from botocore.config import Config
+from moto.core import errors
+from moto.core.errors import ErrorLookupFactory
+from moto.events.utils import EventTemplateParser
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from moto.stepfunctions import parser as sfn_parser
 from moto.stepfunctions.parser.asl.component.common.path import result_path
@@ -84,6 +89,20 @@ def test_every_patched_place_is_still_where_moto_keeps_it() -> None:
     assert getattr(json_path.parse, "__bayroute_fastpath__", False)
     assert getattr(result_path.parse, "__bayroute_fastpath__", False)
     assert json_path.parse("$.a.b") is json_path.parse("$.a.b")
+    # EventBridge's target delivery imports jsonpath_ng.ext's parse at each call, from the module attribute.
+    assert "from jsonpath_ng.ext import parse" in inspect.getsource(EventTemplateParser.parse)
+    assert jsonpath_ext.parse("$.detail") is jsonpath_ext.parse("$.detail")
+    # Error answers look their shape up through a new factory per call, hence the cache per service id.
+    assert "ErrorLookupFactory().for_service(" in inspect.getsource(errors.get_error_model)
+    assert getattr(ErrorLookupFactory.for_service, "__bayroute_fastpath__", False)
+
+
+def test_error_answers_keep_their_codes_with_the_error_table_cached() -> None:
+    s3 = botocore.session.Session().create_client("s3", region_name="us-east-1")
+    model = s3.meta.service_model
+    first = ErrorLookupFactory().for_service(model)
+    assert ErrorLookupFactory().for_service(model) is first
+    assert first.from_code("NoSuchKey") is not None and first.from_code("NoSuchKey").name == "NoSuchKey"
 
 
 def test_only_definitions_without_map_or_parallel_share_one_parsed_program() -> None:
