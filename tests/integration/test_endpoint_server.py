@@ -23,6 +23,7 @@ from PIL import Image
 from bayroute.config import REPO_ROOT
 from bayroute.endpoint_server import (
     CUSTOM_ATTRIBUTES_HEADER,
+    DynamicBatcher,
     ModelServer,
     format_custom_attributes,
     labels_from_custom_attributes,
@@ -362,3 +363,31 @@ def test_bayroute_serve_runs_in_the_foreground_until_sigterm(tiny_model_path: Pa
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_the_batcher_runs_two_batches_at_once_on_two_workers(classifier: OnnxClassifier) -> None:
+    # A model that returns only once two batches are inside it: one worker would wait here for ever.
+    both_inside = threading.Barrier(2, timeout=5)
+    first_inside = threading.Event()
+
+    class TwoAtOnce:
+        def predict(self, images: np.ndarray) -> np.ndarray:
+            first_inside.set()
+            both_inside.wait()
+            return classifier.predict(images)
+
+    batcher = DynamicBatcher(TwoAtOnce(), window_s=0.0, workers=2)  # type: ignore[arg-type]
+    try:
+        image = np.zeros((1, 32, 32, 3), dtype=np.uint8)
+        first = batcher.submit(image)
+        assert first_inside.wait(timeout=5)  # the first batch runs: the second request cannot join it
+        second = batcher.submit(image)
+        assert first.result(timeout=10).shape == second.result(timeout=10).shape == (1, 2)
+        assert batcher.batches == 2
+    finally:
+        batcher.close()
+
+
+def test_a_batcher_needs_a_worker(classifier: OnnxClassifier) -> None:
+    with pytest.raises(ValueError, match="at least one worker"):
+        DynamicBatcher(classifier, workers=0)
