@@ -160,6 +160,21 @@ class ObjectStore:
         body = json.dumps(document, sort_keys=True).encode("utf-8")
         self.put_bytes(bucket, key, body, "application/json")
 
+    def create_json(self, bucket: str, key: str, document: Mapping[str, Any]) -> bool:
+        """Store ``document`` at ``key`` only if nothing is there yet (S3 conditional write, ``If-None-Match: *``).
+
+        True when this call created it, False when an object already existed (left untouched).
+        """
+        body = json.dumps(document, sort_keys=True).encode("utf-8")
+        try:
+            self._s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", IfNoneMatch="*")
+        except ClientError as exc:
+            # 409 ConditionalRequestConflict: a concurrent conditional write of the same key is still in flight.
+            if _error_code(exc) in _REPLACED_CODES or _error_code(exc) == "ConditionalRequestConflict":
+                return False
+            raise
+        return True
+
     def get_json(self, bucket: str, key: str) -> dict[str, Any] | None:
         """A JSON object stored at ``key``, or None when there is none."""
         try:

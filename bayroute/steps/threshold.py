@@ -2,7 +2,8 @@
 
 Routing publishes one ``VehicleClassified`` event and keeps one result record per object (under
 ``prefixes.results/<idempotency key>.json`` in the capture bucket), whatever the attempt: a replayed
-object that was already routed gets its first decision back and no second event. The record is written
+object that was already routed gets its first decision back and no second event. The record is created
+with a conditional write, so the common first attempt costs no read. The record is written
 before the event is published and marked once it is, so a failure in between is repaired by the next
 attempt (which publishes the same decision) instead of leaving a routed object without its event.
 """
@@ -21,6 +22,8 @@ _RECORD_ONLY = ("request", "probabilities", "published", "event_id")
 
 
 class ResultStore(Protocol):
+    def create_json(self, bucket: str, key: str, document: Mapping[str, Any]) -> bool: ...
+
     def get_json(self, bucket: str, key: str) -> dict[str, Any] | None: ...
 
     def put_json(self, bucket: str, key: str, document: Mapping[str, Any]) -> None: ...
@@ -57,15 +60,19 @@ class Threshold:
         prediction = Prediction.from_dict(raw_prediction)
         decision = self._decide(request.object, prediction)
         bucket, key = self._settings.names.capture_bucket, result_key(self._settings, request.object)
-        record = self._results.get_json(bucket, key)
-        if record is None or record.get("status") != "routed":
-            record = {
-                **decision.to_dict(),
-                "request": request.to_dict()["request"],
-                "probabilities": dict(zip(prediction.labels, prediction.probabilities, strict=True)),
-                "published": False,
-            }
-            self._results.put_json(bucket, key, record)
+        record: dict[str, Any] = {
+            **decision.to_dict(),
+            "request": request.to_dict()["request"],
+            "probabilities": dict(zip(prediction.labels, prediction.probabilities, strict=True)),
+            "published": False,
+        }
+        # First attempts (nearly all) create the record in one call; a replay finds the first decision there.
+        if not self._results.create_json(bucket, key, record):
+            existing = self._results.get_json(bucket, key)
+            if existing is not None and existing.get("status") == "routed":
+                record = existing
+            else:
+                self._results.put_json(bucket, key, record)
         if not record.get("published"):
             routing = _routing_of(record)
             event_id = self._events.publish(

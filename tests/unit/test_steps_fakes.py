@@ -116,6 +116,12 @@ class FakeObjectStore:
     def put_json(self, bucket: str, key: str, document: Mapping[str, Any]) -> None:
         self.put_bytes(bucket, key, json.dumps(document, sort_keys=True).encode(), "application/json")
 
+    def create_json(self, bucket: str, key: str, document: Mapping[str, Any]) -> bool:
+        if (bucket, key) in self.blobs:
+            return False
+        self.put_json(bucket, key, document)
+        return True
+
     def get_json(self, bucket: str, key: str) -> dict[str, Any] | None:
         blob = self.blobs.get((bucket, key))
         return None if blob is None else json.loads(blob.body)
