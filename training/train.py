@@ -42,10 +42,6 @@ class TrainConfig:
     label_smoothing: float = 0.0
     crop_padding: int = 4
     cutout_size: int = 8
-    affine_degrees: float = 0.0  # random rotation, zoom and shear (training.augment.random_affine)
-    affine_scale: float = 0.0
-    affine_shear: float = 0.0
-    color_jitter: float = 0.0  # brightness, contrast and saturation factors in [1 - c, 1 + c]
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 1.0
     mix_probability: float = 0.5  # share of batches mixed (mixup or cutmix, whichever alphas are > 0)
@@ -358,8 +354,6 @@ def _normalise(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.T
 def _augment(
     images: torch.Tensor, labels: torch.Tensor, num_classes: int, config: TrainConfig, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    images = augment.random_affine(images, config.affine_degrees, config.affine_scale, config.affine_shear, generator)
-    images = augment.color_jitter(images, config.color_jitter, generator)
     images = augment.random_crop(images, config.crop_padding, generator)
     images = augment.random_flip(images, generator)
     images = augment.cutout(images, config.cutout_size, generator)
