@@ -41,6 +41,7 @@ def render_model_card(metadata: dict[str, str], *, model_bytes: int, total_time_
             " applies the one temperature fitted on those averaged validation logits."
         )
     threshold_99 = operating_point["threshold"]
+    tta = "no test-time augmentation, " if metadata["tta"] == "none" else f"{metadata['tta']} test-time augmentation, "
     reached = (
         "Validation accuracy never reached 90%."
         if time_to_target is None
@@ -66,7 +67,7 @@ Classifies a {height}x{width} RGB photo of a delivery vehicle as one of {", ".jo
   {training["threads"]} torch threads, system load {training["load_average_1min"]} at the end); the whole command
   (data, training, export, checks) {total_time_s:.0f} s. {reached}
 - Recipe (`training.train.TrainConfig`): {recipe}.{teachers}{ensemble}
-- Served graph: uint8 NHWC in; normalisation, {metadata["tta"]} test-time augmentation, temperature
+- Served graph: uint8 NHWC in; normalisation, {tta}temperature
   {float(metadata["temperature"]):.3f} and softmax inside; ONNX opset 18, {model_bytes / 1e6:.2f} MB, single file.
   ONNX Runtime was checked against PyTorch at export (max abs difference < 1e-4).
 

@@ -37,7 +37,7 @@ def test_one_epoch_model_exports_and_onnx_runtime_matches_torch(small_data: Path
     from training.pipeline import train_and_export
     from training.train import TrainConfig
 
-    config = TrainConfig(epochs=1, width=4, batch_size=32, seed=3)
+    config = TrainConfig(epochs=1, width=4, batch_size=32, seed=3, ensemble=1, tta_flip=True)
     result = train_and_export(small_data, tmp_path / "tiny", config, command="pytest", device="cpu")
 
     classifier = OnnxClassifier(result.model_path)

@@ -13,6 +13,7 @@ from bayroute.monitoring.monitor import baselines_from_model
 from bayroute.monitoring.records import brightness, contrast
 from bayroute.monitoring.stats import MIN_DRIFT_SAMPLES, PSI_SIGNIFICANT, Baseline
 from training.folder import load_folder_dataset
+from training.split import stratified_split
 
 SAMPLES = 100
 
@@ -20,6 +21,11 @@ SAMPLES = 100
 @pytest.fixture(scope="module")
 def photos(shared_dataset: Path) -> np.ndarray:
     return load_folder_dataset(shared_dataset / "train").images
+
+
+@pytest.fixture(scope="module")
+def labels(shared_dataset: Path) -> np.ndarray:
+    return load_folder_dataset(shared_dataset / "train").labels
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +59,19 @@ def test_the_committed_model_ships_a_baseline_of_every_drift_feature(model: Onnx
 
 
 def test_undisturbed_photos_stay_below_significant_drift_at_the_sample_floor(
-    photos: np.ndarray, model: OnnxClassifier
+    photos: np.ndarray, labels: np.ndarray, model: OnnxClassifier
 ) -> None:
+    # Live traffic is photos the model never trained on, like the validation split its baseline comes from. The
+    # 800 training photos are not "undisturbed traffic": the model is surer of them (confidence PSI about 0.28
+    # on samples of them), which is memory, not drift. Resampling the 200 validation photos gives the sampling
+    # noise of a 200-record window.
+    config = model.info.json_field("training")["config"]
+    _, validation = stratified_split(labels, config["val_fraction"], config["split_seed"])
     [baseline] = baselines_from_model(model.path).values()
     values = features(model, photos)
     rng = np.random.default_rng(20261128)
     largest = [
-        max(drift(baseline, values, rng.choice(len(photos), MIN_DRIFT_SAMPLES, replace=False)).values())
+        max(drift(baseline, values, rng.choice(validation, MIN_DRIFT_SAMPLES, replace=True)).values())
         for _ in range(SAMPLES)
     ]
     assert max(largest) < PSI_SIGNIFICANT, largest

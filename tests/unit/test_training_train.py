@@ -26,7 +26,7 @@ def _red_blue(n_per_class: int = 40) -> FolderDataset:
 
 
 FAST = TrainConfig(
-    epochs=4, width=4, batch_size=16, peak_lr=0.05, cutout_size=0, cutmix_alpha=0.0, ema_decay=0.0, seed=1
+    epochs=4, width=4, batch_size=16, peak_lr=0.05, cutout_size=0, cutmix_alpha=0.0, ema_decay=0.0, seed=1, ensemble=1
 )
 
 
@@ -50,7 +50,7 @@ def test_training_learns_an_easy_task_reproducibly() -> None:
 def test_distillation_trains_teachers_first_then_the_student() -> None:
     config = TrainConfig(
         epochs=2, width=4, batch_size=16, peak_lr=0.05, teacher_width=4, teacher_epochs=1, teachers=2,
-        cutmix_alpha=1.0, mixup_alpha=0.4, mix_probability=1.0, ema_decay=0.9,
+        cutmix_alpha=1.0, mixup_alpha=0.4, mix_probability=1.0, ema_decay=0.9, ensemble=1,
     )  # fmt: skip
     seen: list[str] = []
     run = train(_red_blue(), config, device="cpu", on_epoch=lambda stats: seen.append(stats.phase))
@@ -61,7 +61,9 @@ def test_distillation_trains_teachers_first_then_the_student() -> None:
 
 @pytest.mark.slow
 def test_seed_ensemble_serves_the_logit_mean_of_the_single_seed_runs() -> None:
-    tiny = TrainConfig(epochs=1, width=4, batch_size=16, cutout_size=0, cutmix_alpha=0.0, ema_decay=0.0, seed=5)
+    tiny = TrainConfig(
+        epochs=1, width=4, batch_size=16, cutout_size=0, cutmix_alpha=0.0, ema_decay=0.0, seed=5, ensemble=1
+    )
     seen: list[str] = []
     run = train(_red_blue(), replace(tiny, ensemble=2), device="cpu", on_epoch=lambda stats: seen.append(stats.phase))
     assert seen == ["member 1 student", "member 2 student"]
