@@ -33,14 +33,19 @@ def torch_graph(model_path: Path) -> Any:
     from onnx import numpy_helper
 
     from training.export import ServingGraph
-    from training.model import ResNet9
+    from training.model import LogitMean, ResNet9
 
     proto = onnx.load(str(model_path))
     metadata = {p.key: p.value for p in proto.metadata_props}
     weights = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in proto.graph.initializer}
     labels = json.loads(metadata["labels"])
-    width = int(weights["network.features.0.0.weight"].shape[0])
-    network = ResNet9(len(labels), width=width)
+    # A single network's weights are "network.features...", a seed ensemble's "network.members.<k>.features...".
+    first_layers = sorted(name for name in weights if name.endswith("features.0.0.weight"))
+    if not first_layers:
+        raise RuntimeError(f"{model_path} holds no ResNet9 weights")
+    width = int(weights[first_layers[0]].shape[0])
+    members: list[torch.nn.Module] = [ResNet9(len(labels), width=width) for _ in first_layers]
+    network = members[0] if first_layers == ["network.features.0.0.weight"] else LogitMean(members)
     graph = ServingGraph(
         network,
         json.loads(metadata["mean"]),
@@ -49,11 +54,40 @@ def torch_graph(model_path: Path) -> Any:
         metadata.get("tta", "none") == "flip",
     )
     state = graph.state_dict()
+    weights.update(_unfused_batch_norms(state, weights))
     missing = [name for name in state if name not in weights and not name.endswith("num_batches_tracked")]
     if missing:
         raise RuntimeError(f"{model_path} lacks torch weights {missing[:5]}: it was not exported from ResNet9")
     graph.load_state_dict({name: weights.get(name, state[name]) for name in state})
     return graph.eval()
+
+
+def _unfused_batch_norms(state: dict[str, Any], weights: dict[str, Any]) -> dict[str, Any]:
+    """BatchNorm parameters for convolutions the exporter fused with their BatchNorm (``<conv>.weight_bias``).
+
+    The fused convolution's weight is already in ``weights``; its BatchNorm becomes the identity plus the fused
+    bias, so eager PyTorch computes the same function with the same layers (and the same cost) it trained with.
+    """
+    import torch
+
+    restored: dict[str, Any] = {}
+    for name, tensor in state.items():
+        module, _, field = name.rpartition(".")
+        if name in weights or not module.endswith(".1"):
+            continue
+        fused_bias = weights.get(f"{module[:-2]}.0.weight_bias")
+        if fused_bias is None:
+            continue
+        eps = 1e-5  # nn.BatchNorm2d's default: running_var = 1 - eps makes the division exact
+        identity = {
+            "weight": torch.ones_like(tensor),
+            "bias": fused_bias,
+            "running_mean": torch.zeros_like(tensor),
+            "running_var": torch.full_like(tensor, 1.0 - eps),
+        }
+        if field in identity:
+            restored[name] = identity[field]
+    return restored
 
 
 def _latencies_ms(call: Callable[[], Any], count: int) -> tuple[list[float], list[float]]:
