@@ -136,14 +136,14 @@ def _error(status: HTTPStatus, reason: str, detail: str) -> InvocationAnswer:
 
 
 class DynamicBatcher:
-    """Runs concurrent predictions as shared ONNX Runtime batches, from ``workers`` threads.
+    """Runs concurrent predictions as shared ONNX Runtime batches, ``workers`` batches at a time.
 
-    A free worker takes the first waiting request, then gathers whatever else arrives within ``window_s``
-    (up to ``max_batch`` images), runs them as one batch and hands each caller its rows. Under load,
-    requests also pile up while batches run, so batches grow with concurrency; alone, a request waits
-    at most ``window_s``. Two workers by default: this small model is compute-bound (a batch costs about as
-    much per image as one image does), so what batching saves is per-call overhead, and a second batch
-    running beside the first is what keeps both cores busy.
+    One thread gathers: once a worker is free, it takes the first waiting request, then whatever else arrives
+    within ``window_s`` (up to ``max_batch`` images), and hands the batch to the free worker. Under load,
+    requests pile up while the workers are busy, so batches grow with concurrency; alone, a request waits at
+    most ``window_s``. Two workers by default: this small model is compute-bound (a batch costs about as much
+    per image as one image does), so what batching saves is per-call overhead, and a second batch running
+    beside the first is what keeps both cores busy. The queue has exactly one consumer, the gatherer.
     """
 
     def __init__(
@@ -157,15 +157,13 @@ class DynamicBatcher:
         self._queue: queue.SimpleQueue[tuple[np.ndarray, concurrent.futures.Future[np.ndarray]] | None] = (
             queue.SimpleQueue()
         )
-        self._workers = [
-            threading.Thread(target=self._run, name=f"bayroute-batcher-{index}", daemon=True)
-            for index in range(workers)
-        ]
+        self._free_workers = threading.BoundedSemaphore(workers)
+        self._workers = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="bayroute-batch")
+        self._gatherer = threading.Thread(target=self._gather, name="bayroute-batcher", daemon=True)
         self._stats_lock = threading.Lock()
         self.batches = 0
         self.images = 0
-        for worker in self._workers:
-            worker.start()
+        self._gatherer.start()
 
     def submit(self, images: np.ndarray) -> concurrent.futures.Future[np.ndarray]:
         """The probabilities of ``images`` [N, H, W, 3], once their batch has run."""
@@ -177,13 +175,13 @@ class DynamicBatcher:
         return self.submit(images).result()
 
     def close(self) -> None:
-        for _ in self._workers:  # each worker leaves at the first stop mark it takes
-            self._queue.put(None)
-        for worker in self._workers:
-            worker.join(timeout=5)
+        self._queue.put(None)
+        self._gatherer.join(timeout=5)
+        self._workers.shutdown(wait=True)
 
-    def _run(self) -> None:
+    def _gather(self) -> None:
         while True:
+            self._free_workers.acquire()  # requests queue up (and batches grow) while every worker is busy
             first = self._queue.get()
             if first is None:
                 return
@@ -200,9 +198,15 @@ class DynamicBatcher:
                     break
                 group.append(item)
                 count += len(item[0])
-            self._run_group(group)
+            self._workers.submit(self._run_and_free, group)
             if stopping:
                 return
+
+    def _run_and_free(self, group: list[tuple[np.ndarray, concurrent.futures.Future[np.ndarray]]]) -> None:
+        try:
+            self._run_group(group)
+        finally:
+            self._free_workers.release()
 
     def _run_group(self, group: list[tuple[np.ndarray, concurrent.futures.Future[np.ndarray]]]) -> None:
         try:
