@@ -30,12 +30,13 @@ HOURS_PER_MONTH = 730
 MILLION = 1_000_000
 # Memory (GB) as the template sets it.
 MEMORY_GB = {"ingest": 0.25, "serialize": 1.0, "infer_lambda": 1.0, "infer_sagemaker": 0.25, "threshold": 0.25}
-# Requests per routed image (docs/deploy.md): S3 PUT upload+capture+result, S3 GET ingest+serialize+threshold+
-# monitor, SQS EventBridge→queue + receive/delete per 10 + →outcomes, EventBridge VehicleClassified, DynamoDB
-# idempotency write+complete, Lambda serialize+infer+threshold + ingest per 10.
+# Requests per routed image (the README's cost section): S3 PUT upload + capture + result record (created,
+# then marked published); S3 GET ingest + serialize + monitor; SQS EventBridge→queue + receive/delete per 10 +
+# →outcomes; EventBridge VehicleClassified; DynamoDB idempotency write + complete; Lambda serialize + infer +
+# threshold + ingest per 10.
 # Durations the figures need (ms): ingest per message, the tasks, infer with either backend, one execution.
 DURATION_KEYS = ("ingest", "serialize", "infer_http", "infer_lambda", "threshold", "execution")
-REQUESTS = {"s3_put": 3, "s3_get": 4, "sqs": 2.2, "eventbridge": 1, "dynamodb_wru": 2, "lambda": 3.1}
+REQUESTS = {"s3_put": 4, "s3_get": 3, "sqs": 2.2, "eventbridge": 1, "dynamodb_wru": 2, "lambda": 3.1}
 
 
 def sagemaker_hourly_price() -> tuple[float, str]:
@@ -110,7 +111,7 @@ def measure(durations_ms: dict[str, float | None], endpoint_images_per_s: float 
             "durations_ms": durations_ms,
             "memory_gb": MEMORY_GB,
             "note": "durations measured on this x86 machine stand in for Lambda arm64; CloudWatch Logs, storage, "
-            "X-Ray and free tiers are left out, as in docs/deploy.md",
+            "X-Ray and free tiers are left out, as in the README's cost section",
         },
         digits=2,
     )
