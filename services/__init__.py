@@ -10,6 +10,8 @@ from typing import Any
 from aws_lambda_powertools import Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
+from aws_lambda_powertools.shared import constants
+from aws_lambda_powertools.shared.functions import resolve_truthy_env_var_choice
 from aws_lambda_powertools.tracing.base import BaseProvider, BaseSegment
 
 
@@ -24,10 +26,12 @@ def count(metrics: Metrics, name: str, value: float = 1) -> None:
 
 
 def tracing_enabled() -> bool:
-    """Whether Powertools' Tracer would trace here: inside Lambda, not under SAM local, not switched off."""
-    if os.environ.get("POWERTOOLS_TRACE_DISABLED", "false").strip().lower() in {"1", "true", "yes", "on", "y", "t"}:
+    """Whether Powertools' Tracer would trace here, by its own rule (``Tracer._is_tracer_disabled``): inside
+    Lambda, not under SAM local or Chalice, and not switched off by ``POWERTOOLS_TRACE_DISABLED``."""
+    if resolve_truthy_env_var_choice(env=os.getenv(constants.TRACER_DISABLED_ENV, "false")):
         return False
-    return bool(os.environ.get("LAMBDA_TASK_ROOT")) and not os.environ.get("AWS_SAM_LOCAL")
+    local = os.getenv(constants.SAM_LOCAL_ENV) or os.getenv(constants.CHALICE_LOCAL_ENV)
+    return bool(os.getenv(constants.LAMBDA_TASK_ROOT_ENV)) and not local
 
 
 def tracer_for(service: str) -> Tracer:
