@@ -36,6 +36,10 @@ _clients_lock = threading.Lock()
 _MISSING_CODES = {"NoSuchKey", "NoSuchVersion", "NoSuchBucket", "404", "NotFound"}
 # ...and these when IfMatch no longer matches: the object was replaced after the event was sent.
 _REPLACED_CODES = {"PreconditionFailed", "412"}
+# ...and these when a conditional create (If-None-Match: *) finds an object, or another one of the same key still
+# in flight (409 ConditionalRequestConflict).
+_EXISTING_CODES = _REPLACED_CODES | {"ConditionalRequestConflict"}
+_JSON_CONTENT_TYPE = "application/json"
 
 
 def aws_client(service: str) -> Any:
@@ -80,6 +84,10 @@ def idempotency_store(table_name: str) -> DynamoDBPersistenceLayer:
     from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
     return DynamoDBPersistenceLayer(table_name=table_name, boto3_client=aws_client("dynamodb"))
+
+
+def _json_body(document: Mapping[str, Any]) -> bytes:
+    return json.dumps(document, sort_keys=True).encode("utf-8")
 
 
 def _error_code(exc: ClientError) -> str:
@@ -157,20 +165,19 @@ class ObjectStore:
         self._s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
 
     def put_json(self, bucket: str, key: str, document: Mapping[str, Any]) -> None:
-        body = json.dumps(document, sort_keys=True).encode("utf-8")
-        self.put_bytes(bucket, key, body, "application/json")
+        self.put_bytes(bucket, key, _json_body(document), _JSON_CONTENT_TYPE)
 
     def create_json(self, bucket: str, key: str, document: Mapping[str, Any]) -> bool:
         """Store ``document`` at ``key`` only if nothing is there yet (S3 conditional write, ``If-None-Match: *``).
 
         True when this call created it, False when an object already existed (left untouched).
         """
-        body = json.dumps(document, sort_keys=True).encode("utf-8")
         try:
-            self._s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", IfNoneMatch="*")
+            self._s3.put_object(
+                Bucket=bucket, Key=key, Body=_json_body(document), ContentType=_JSON_CONTENT_TYPE, IfNoneMatch="*"
+            )
         except ClientError as exc:
-            # 409 ConditionalRequestConflict: a concurrent conditional write of the same key is still in flight.
-            if _error_code(exc) in _REPLACED_CODES or _error_code(exc) == "ConditionalRequestConflict":
+            if _error_code(exc) in _EXISTING_CODES:
                 return False
             raise
         return True
