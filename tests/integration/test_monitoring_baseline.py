@@ -12,20 +12,25 @@ from bayroute.model.onnx_model import OnnxClassifier
 from bayroute.monitoring.monitor import baselines_from_model
 from bayroute.monitoring.records import brightness, contrast
 from bayroute.monitoring.stats import MIN_DRIFT_SAMPLES, PSI_SIGNIFICANT, Baseline
-from training.folder import load_folder_dataset
+from training.folder import FolderDataset, load_folder_dataset
 from training.split import stratified_split
 
 SAMPLES = 100
 
 
 @pytest.fixture(scope="module")
-def photos(shared_dataset: Path) -> np.ndarray:
-    return load_folder_dataset(shared_dataset / "train").images
+def dataset(shared_dataset: Path) -> FolderDataset:
+    return load_folder_dataset(shared_dataset / "train")
 
 
 @pytest.fixture(scope="module")
-def labels(shared_dataset: Path) -> np.ndarray:
-    return load_folder_dataset(shared_dataset / "train").labels
+def photos(dataset: FolderDataset) -> np.ndarray:
+    return dataset.images
+
+
+@pytest.fixture(scope="module")
+def labels(dataset: FolderDataset) -> np.ndarray:
+    return dataset.labels
 
 
 @pytest.fixture(scope="module")
