@@ -76,22 +76,22 @@ _PILLOW_FORMATS = {
     "tiff": "TIFF",
     "avif": "AVIF",
 }
-# Pillow plugin name -> the module that registers it. Importing these (not Image.init(), which imports all
-# forty plugins) keeps the cold start of the functions that decode short.
+# Sniffed format -> the Pillow module that registers its plugin. Importing these (not Image.init(), which
+# imports all forty plugins) keeps the cold start of the functions that decode short.
 _PILLOW_PLUGIN_MODULES = {
-    "PNG": "PIL.PngImagePlugin",
-    "JPEG": "PIL.JpegImagePlugin",
-    "GIF": "PIL.GifImagePlugin",
-    "WEBP": "PIL.WebPImagePlugin",
-    "BMP": "PIL.BmpImagePlugin",
-    "TIFF": "PIL.TiffImagePlugin",
-    "AVIF": "PIL.AvifImagePlugin",
+    "png": "PIL.PngImagePlugin",
+    "jpeg": "PIL.JpegImagePlugin",
+    "gif": "PIL.GifImagePlugin",
+    "webp": "PIL.WebPImagePlugin",
+    "bmp": "PIL.BmpImagePlugin",
+    "tiff": "PIL.TiffImagePlugin",
+    "avif": "PIL.AvifImagePlugin",
 }
 
 
 def _pillow_supports(fmt: str) -> bool:
     try:
-        importlib.import_module(_PILLOW_PLUGIN_MODULES[_PILLOW_FORMATS[fmt]])
+        importlib.import_module(_PILLOW_PLUGIN_MODULES[fmt])
     except ImportError:  # a Pillow build without the plugin
         return False
     if _PILLOW_FORMATS[fmt] not in Image.OPEN:
