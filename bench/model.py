@@ -54,7 +54,7 @@ def torch_graph(model_path: Path) -> Any:
         metadata.get("tta", "none") == "flip",
     )
     state = graph.state_dict()
-    weights.update(_unfused_batch_norms(state, weights))
+    weights.update(_unfused_batch_norms(graph, weights))
     missing = [name for name in state if name not in weights and not name.endswith("num_batches_tracked")]
     if missing:
         raise RuntimeError(f"{model_path} lacks torch weights {missing[:5]}: it was not exported from ResNet9")
@@ -62,7 +62,7 @@ def torch_graph(model_path: Path) -> Any:
     return graph.eval()
 
 
-def _unfused_batch_norms(state: dict[str, Any], weights: dict[str, Any]) -> dict[str, Any]:
+def _unfused_batch_norms(graph: Any, weights: dict[str, Any]) -> dict[str, Any]:
     """BatchNorm parameters for convolutions the exporter fused with their BatchNorm (``<conv>.weight_bias``).
 
     The fused convolution's weight is already in ``weights``; its BatchNorm becomes the identity plus the fused
@@ -71,22 +71,17 @@ def _unfused_batch_norms(state: dict[str, Any], weights: dict[str, Any]) -> dict
     import torch
 
     restored: dict[str, Any] = {}
-    for name, tensor in state.items():
-        module, _, field = name.rpartition(".")
-        if name in weights or not module.endswith(".1"):
+    for name, module in graph.named_modules():
+        if not isinstance(module, torch.nn.BatchNorm2d) or f"{name}.weight" in weights or not name.endswith(".1"):
             continue
-        fused_bias = weights.get(f"{module[:-2]}.0.weight_bias")
+        fused_bias = weights.get(f"{name[:-2]}.0.weight_bias")
         if fused_bias is None:
             continue
-        eps = 1e-5  # nn.BatchNorm2d's default: running_var = 1 - eps makes the division exact
-        identity = {
-            "weight": torch.ones_like(tensor),
-            "bias": fused_bias,
-            "running_mean": torch.zeros_like(tensor),
-            "running_var": torch.full_like(tensor, 1.0 - eps),
-        }
-        if field in identity:
-            restored[name] = identity[field]
+        ones = torch.ones_like(fused_bias)
+        restored[f"{name}.weight"] = ones
+        restored[f"{name}.bias"] = fused_bias
+        restored[f"{name}.running_mean"] = torch.zeros_like(fused_bias)
+        restored[f"{name}.running_var"] = ones * (1.0 - module.eps)  # so that sqrt(var + eps) is exactly 1
     return restored
 
 
