@@ -41,7 +41,7 @@ from bayroute.local.provision import (
     inbox_event_pattern,
     outcome_event_pattern,
 )
-from infra.alarms import ALARMS_FILE, AlarmDefinition, ResourceRef, load_alarms
+from bayroute.monitoring.alarms import ALARMS_FILE, AlarmDefinition, ResourceRef, load_alarm_definitions
 
 INFRA_DIR = Path(__file__).resolve().parent
 SETTINGS_FILE = INFRA_DIR / "settings.json"
@@ -1270,7 +1270,7 @@ _Dumper.add_representer(list, _represent_list)
 def build_template(settings_path: Path = SETTINGS_FILE, alarms_path: Path = ALARMS_FILE) -> dict[str, Any]:
     # env={}: the committed template must not depend on BAYROUTE_* overrides in the caller's environment.
     settings = load_settings(env={}, path=settings_path)
-    alarms = load_alarms(list(vars(settings.names)), alarms_path)
+    alarms = load_alarm_definitions(alarms_path)
     return StackBuilder(settings, alarms).build()
 
 

@@ -1,5 +1,12 @@
 """Alarms: their one definition (``infra/alarms.json``), evaluation as CloudWatch does it, and notifications.
 
+``load_alarm_definitions`` is the only reader of ``infra/alarms.json``: the AWS template is rendered from what it
+returns (``infra/build_template.py``) and the local stack creates its alarms in moto from the same. A dimension's
+value names a resource of ``infra/settings.json``'s ``names``: ``{"name": KEY}`` stands for that resource's name,
+``{"arn": KEY}`` for its ARN, so each side renders it for its own account (a CloudFormation reference on AWS,
+moto's ARN locally). Only standard statistics are allowed (no percentiles): the evaluator below computes them
+from raw datapoints.
+
 moto stores alarms and metrics but never evaluates an alarm nor runs its actions, so the local runtime does
 both here, against the metrics stored in moto, with CloudWatch's documented rules ("Evaluating an alarm" and
 "How alarm state is evaluated when data is missing" in the CloudWatch user guide):
@@ -27,13 +34,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from bayroute.config import REPO_ROOT, Settings
+from bayroute.config import REPO_ROOT, Names, Settings
 
 ALARMS_FILE = REPO_ROOT / "infra" / "alarms.json"
 EVALUATION_RANGE_EXTRA = 2
@@ -68,10 +75,18 @@ REGION_NAMES = {
 }
 # The service in an ARN, by the suffix of a settings name key.
 _ARN_SERVICES = {"_queue": "sqs", "_topic": "sns", "_function": "lambda", "state_machine": "states"}
+# The settings ``names`` keys a dimension or ``published_by`` may name.
+RESOURCE_KEYS = frozenset(field.name for field in fields(Names))
+REFERENCE_KINDS = frozenset({"name", "arn"})
+AWS_PUBLISHER = "aws"
+# CloudWatch's own limits on these fields.
+MAX_NAME_CHARS = 255
+MAX_DESCRIPTION_CHARS = 1024
+MAX_EVALUATION_SECONDS = 86400
 
 
 class AlarmDefinitionError(ValueError):
-    """``infra/alarms.json`` has an entry this code cannot turn into an alarm."""
+    """``infra/alarms.json`` is malformed, names something that does not exist, or has a value CloudWatch refuses."""
 
 
 class AlarmState(StrEnum):
@@ -84,11 +99,21 @@ class AlarmState(StrEnum):
 
 
 @dataclass(frozen=True)
+class ResourceRef:
+    """A dimension value: the ``name`` or ``arn`` of the settings resource ``key``."""
+
+    kind: str
+    key: str
+
+
+@dataclass(frozen=True)
 class AlarmDefinition:
+    """One alarm of ``infra/alarms.json``; constructing it checks every value against CloudWatch's rules."""
+
     name: str
     namespace: str
     metric: str
-    dimensions: Mapping[str, Mapping[str, str] | str]
+    dimensions: Mapping[str, ResourceRef]
     statistic: str
     period: int
     evaluation_periods: int
@@ -96,43 +121,82 @@ class AlarmDefinition:
     threshold: float
     comparison: str
     treat_missing_data: str
+    published_by: str
     description: str
-    published_by: str | None = None
 
     def __post_init__(self) -> None:
-        if self.statistic not in _STATISTICS:
-            raise AlarmDefinitionError(f"{self.name}: statistic {self.statistic!r} is not one of {sorted(_STATISTICS)}")
-        if self.comparison not in _COMPARISONS:
-            raise AlarmDefinitionError(
-                f"{self.name}: comparison {self.comparison!r} is not one of {sorted(_COMPARISONS)}"
+        label = f"alarm {self.name!r}"
+        _check(len(self.name) <= MAX_NAME_CHARS, label, f"name is longer than {MAX_NAME_CHARS} characters")
+        _check(
+            self.statistic in _STATISTICS,
+            label,
+            f"statistic must be one of {sorted(_STATISTICS)}, got {self.statistic!r}",
+        )
+        _check(
+            self.comparison in _COMPARISONS,
+            label,
+            f"comparison must be one of {sorted(_COMPARISONS)}, got {self.comparison!r}",
+        )
+        _check(
+            self.treat_missing_data in _TREATMENTS,
+            label,
+            f"treat_missing_data must be one of {sorted(_TREATMENTS)}, got {self.treat_missing_data!r}",
+        )
+        _check(
+            self.period > 0 and self.period % 60 == 0,
+            label,
+            f"period must be a positive multiple of 60 s, got {self.period}",
+        )
+        _check(self.evaluation_periods >= 1, label, "evaluation_periods must be at least 1")
+        _check(
+            1 <= self.datapoints_to_alarm <= self.evaluation_periods,
+            label,
+            "datapoints_to_alarm must be between 1 and evaluation_periods",
+        )
+        _check(
+            self.period * self.evaluation_periods <= MAX_EVALUATION_SECONDS,
+            label,
+            "period x evaluation_periods exceeds one day",
+        )
+        _check(
+            0 < len(self.description) <= MAX_DESCRIPTION_CHARS,
+            label,
+            f"description must be 1-{MAX_DESCRIPTION_CHARS} characters",
+        )
+        _check(
+            self.published_by == AWS_PUBLISHER or self.published_by in RESOURCE_KEYS,
+            label,
+            f"published_by must be {AWS_PUBLISHER!r} or a settings name key, got {self.published_by!r}",
+        )
+        _check(
+            (self.published_by == AWS_PUBLISHER) == self.namespace.startswith("AWS/"),
+            label,
+            "metrics in AWS/ namespaces are published by 'aws', others by one of bayroute's functions",
+        )
+        for dimension, reference in self.dimensions.items():
+            _check(
+                reference.kind in REFERENCE_KINDS,
+                label,
+                f"dimension {dimension!r} refers by {reference.kind!r}; use 'name' or 'arn'",
             )
-        if self.treat_missing_data not in _TREATMENTS:
-            raise AlarmDefinitionError(
-                f"{self.name}: treat_missing_data {self.treat_missing_data!r} not in {_TREATMENTS}"
+            _check(
+                reference.key in RESOURCE_KEYS,
+                label,
+                f"dimension {dimension!r} names {reference.key!r}, which infra/settings.json lacks",
             )
-        if not (self.period in (10, 20, 30) or (self.period >= 60 and self.period % 60 == 0)):
-            raise AlarmDefinitionError(f"{self.name}: period {self.period} s is not 10, 20, 30 or a multiple of 60")
-        if not 1 <= self.datapoints_to_alarm <= self.evaluation_periods:
-            raise AlarmDefinitionError(
-                f"{self.name}: datapoints_to_alarm {self.datapoints_to_alarm} must be in 1..{self.evaluation_periods}"
-            )
-        if self.period * self.evaluation_periods > 86400:
-            raise AlarmDefinitionError(f"{self.name}: period x evaluation_periods exceeds one day")
+
+    def dimension_values(self, resolve: Callable[[ResourceRef], Any]) -> dict[str, Any]:
+        """``{dimension name: resolve(reference)}``; the caller decides what a name or an ARN is."""
+        return {dimension: resolve(reference) for dimension, reference in self.dimensions.items()}
 
     def resolved_dimensions(self, settings: Settings, arn: Callable[[str, str], str]) -> list[dict[str, str]]:
         """The dimensions with settings names resolved: ``{"name": KEY}`` → the name, ``{"arn": KEY}`` → its ARN."""
-        resolved = []
-        for dimension, reference in self.dimensions.items():
-            if isinstance(reference, str):
-                value = reference
-            elif "name" in reference:
-                value = _settings_name(settings, reference["name"], self.name)
-            elif "arn" in reference:
-                value = arn(reference["arn"], _settings_name(settings, reference["arn"], self.name))
-            else:
-                raise AlarmDefinitionError(f"{self.name}: dimension {dimension} must be a string, {{name}} or {{arn}}")
-            resolved.append({"Name": dimension, "Value": value})
-        return resolved
+
+        def value(reference: ResourceRef) -> str:
+            name = str(getattr(settings.names, reference.key))
+            return name if reference.kind == "name" else arn(reference.key, name)
+
+        return [{"Name": dimension, "Value": v} for dimension, v in self.dimension_values(value).items()]
 
     def put_metric_alarm_arguments(
         self, settings: Settings, arn: Callable[[str, str], str], actions: Sequence[str]
@@ -157,13 +221,6 @@ class AlarmDefinition:
         }
 
 
-def _settings_name(settings: Settings, key: str, alarm: str) -> str:
-    try:
-        return str(getattr(settings.names, key))
-    except AttributeError:
-        raise AlarmDefinitionError(f"{alarm}: {key!r} is not a name in infra/settings.json") from None
-
-
 def local_arn(key: str, name: str, *, region: str, account: str) -> str:
     """The ARN of a settings resource as the local stack (and AWS) forms it."""
     service = next((s for suffix, s in _ARN_SERVICES.items() if key.endswith(suffix)), None)
@@ -177,40 +234,82 @@ def local_arn(key: str, name: str, *, region: str, account: str) -> str:
 
 
 def load_alarm_definitions(path: Path = ALARMS_FILE) -> list[AlarmDefinition]:
+    """The alarms of ``path``, checked; every field of an entry is required, and names are unique."""
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise AlarmDefinitionError(f"no alarm definitions at {path}") from None
-    except ValueError as exc:
-        raise AlarmDefinitionError(f"{path} is not JSON: {exc}") from exc
+    except (OSError, ValueError) as exc:
+        raise AlarmDefinitionError(f"cannot read alarm definitions {path}: {exc}") from exc
     entries = document.get("alarms") if isinstance(document, dict) else None
-    if not isinstance(entries, list):
-        raise AlarmDefinitionError(f"{path} needs an 'alarms' list")
-    definitions = []
-    for entry in entries:
-        try:
-            definitions.append(
-                AlarmDefinition(
-                    name=str(entry["name"]),
-                    namespace=str(entry["namespace"]),
-                    metric=str(entry["metric"]),
-                    dimensions=dict(entry.get("dimensions", {})),
-                    statistic=str(entry["statistic"]),
-                    period=int(entry["period"]),
-                    evaluation_periods=int(entry["evaluation_periods"]),
-                    datapoints_to_alarm=int(entry.get("datapoints_to_alarm", entry["evaluation_periods"])),
-                    threshold=float(entry["threshold"]),
-                    comparison=str(entry["comparison"]),
-                    treat_missing_data=str(entry.get("treat_missing_data", "missing")),
-                    description=str(entry.get("description", "")),
-                    published_by=entry.get("published_by"),
-                )
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            if isinstance(exc, AlarmDefinitionError):
-                raise
-            raise AlarmDefinitionError(f"{path}: malformed alarm {entry!r}: {exc}") from exc
-    return definitions
+    if not isinstance(entries, list) or not entries:
+        raise AlarmDefinitionError(f"{path} needs a non-empty 'alarms' list")
+    alarms = [_parse(entry, index) for index, entry in enumerate(entries)]
+    names = [alarm.name for alarm in alarms]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise AlarmDefinitionError(f"alarm names must be unique; repeated: {', '.join(duplicates)}")
+    return alarms
+
+
+# The JSON type of each field of an entry; AlarmDefinition checks the values.
+_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "namespace": str,
+    "metric": str,
+    "dimensions": dict,
+    "statistic": str,
+    "period": int,
+    "evaluation_periods": int,
+    "datapoints_to_alarm": int,
+    "threshold": (int, float),
+    "comparison": str,
+    "treat_missing_data": str,
+    "published_by": str,
+    "description": str,
+}
+
+
+def _parse(entry: Any, index: int) -> AlarmDefinition:
+    if not isinstance(entry, dict):
+        raise AlarmDefinitionError(f"alarm #{index} is not an object")
+    label = f"alarm {entry.get('name', f'#{index}')!r}"
+    unknown = sorted(set(entry) - set(_FIELDS))
+    if unknown:
+        raise AlarmDefinitionError(f"{label} has unknown fields: {', '.join(unknown)}")
+    for field, expected in _FIELDS.items():
+        value = entry.get(field)
+        if value is None:
+            raise AlarmDefinitionError(f"{label} needs '{field}'")
+        if isinstance(value, bool) or not isinstance(value, expected):
+            raise AlarmDefinitionError(f"{label}: '{field}' has the wrong type ({type(value).__name__})")
+    return AlarmDefinition(
+        name=entry["name"],
+        namespace=entry["namespace"],
+        metric=entry["metric"],
+        dimensions={dimension: _reference(value, label, dimension) for dimension, value in entry["dimensions"].items()},
+        statistic=entry["statistic"],
+        period=entry["period"],
+        evaluation_periods=entry["evaluation_periods"],
+        datapoints_to_alarm=entry["datapoints_to_alarm"],
+        threshold=float(entry["threshold"]),
+        comparison=entry["comparison"],
+        treat_missing_data=entry["treat_missing_data"],
+        published_by=entry["published_by"],
+        description=entry["description"],
+    )
+
+
+def _reference(value: Any, label: str, dimension: str) -> ResourceRef:
+    if not isinstance(value, dict) or len(value) != 1:
+        raise AlarmDefinitionError(f'{label}: dimension {dimension!r} must be {{"name": KEY}} or {{"arn": KEY}}')
+    ((kind, key),) = value.items()
+    return ResourceRef(kind=kind, key=key)
+
+
+def _check(condition: bool, label: str, message: str) -> None:
+    if not condition:
+        raise AlarmDefinitionError(f"{label}: {message}")
 
 
 # -- evaluation -----------------------------------------------------------------------------------------------

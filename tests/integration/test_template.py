@@ -26,7 +26,7 @@ from bayroute.local.provision import (
     provision,
     workflow_substitutions,
 )
-from infra.alarms import load_alarms
+from bayroute.monitoring.alarms import load_alarm_definitions
 from infra.build_template import (
     TEMPLATE_FILE,
     WORKFLOW_DEFINITION,
@@ -40,7 +40,7 @@ SETTINGS = load_settings(env={})
 NAMES = vars(SETTINGS.names)
 TEMPLATE: dict[str, Any] = yaml.safe_load(TEMPLATE_FILE.read_text(encoding="utf-8"))
 RESOURCES: dict[str, Any] = TEMPLATE["Resources"]
-ALARMS = load_alarms(list(NAMES))
+ALARMS = load_alarm_definitions()
 FUNCTIONS = ("ingest", "serialize", "infer", "threshold", "monitor", "replay")
 # Metadata key beside cfn-lint's ignore_checks that must give each ignored rule's reason.
 LINT_REASONS_KEY = "bayroute-cfn-lint-reasons"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -14,6 +13,7 @@ from bayroute.monitoring.alarms import (
     AlarmDefinitionError,
     AlarmState,
     Datapoint,
+    ResourceRef,
     actions_for,
     evaluate,
     evaluation_range,
@@ -253,7 +253,10 @@ def test_arn_dimensions_resolve_through_the_settings() -> None:
         name="failed",
         namespace="AWS/States",
         metric="ExecutionsFailed",
-        dimensions={"StateMachineArn": {"arn": "state_machine"}, "Fixed": "value"},
+        dimensions={
+            "StateMachineArn": ResourceRef(kind="arn", key="state_machine"),
+            "QueueName": ResourceRef(kind="name", key="dead_letter_queue"),
+        },
         statistic="Sum",
         period=300,
         evaluation_periods=1,
@@ -261,6 +264,7 @@ def test_arn_dimensions_resolve_through_the_settings() -> None:
         threshold=1,
         comparison="GreaterThanThreshold",
         treat_missing_data="notBreaching",
+        published_by="aws",
         description="d",
     )
 
@@ -272,49 +276,8 @@ def test_arn_dimensions_resolve_through_the_settings() -> None:
             "Name": "StateMachineArn",
             "Value": f"arn:aws:states:us-east-1:123456789012:stateMachine:{settings.names.state_machine}",
         },
-        {"Name": "Fixed", "Value": "value"},
+        {"Name": "QueueName", "Value": settings.names.dead_letter_queue},
     ]
     assert local_arn("dead_letter_queue", "q", region="r", account="a") == "arn:aws:sqs:r:a:q"
     with pytest.raises(AlarmDefinitionError, match="no ARN"):
         local_arn("capture_bucket", "b", region="r", account="a")
-
-
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        ({"statistic": "p99"}, "statistic"),
-        ({"comparison": "LessThanLowerThreshold"}, "comparison"),
-        ({"treat_missing_data": "sometimes"}, "treat_missing_data"),
-        ({"period": 90}, "period"),
-        ({"datapoints_to_alarm": 4}, "datapoints_to_alarm"),
-        ({"period": 3600, "evaluation_periods": 25, "datapoints_to_alarm": 1}, "one day"),
-    ],
-)
-def test_definitions_cloudwatch_would_refuse_are_refused(tmp_path: Path, change: dict, message: str) -> None:
-    entry = {
-        "name": "a",
-        "namespace": "bayroute",
-        "metric": "DriftScore",
-        "dimensions": {"service": {"name": "monitor_function"}},
-        "statistic": "Maximum",
-        "period": 300,
-        "evaluation_periods": 3,
-        "datapoints_to_alarm": 3,
-        "threshold": 0.25,
-        "comparison": "GreaterThanThreshold",
-        "treat_missing_data": "notBreaching",
-        "description": "d",
-        **change,
-    }
-    path = tmp_path / "alarms.json"
-    path.write_text(json.dumps({"alarms": [entry]}))
-    with pytest.raises(AlarmDefinitionError, match=message):
-        load_alarm_definitions(path)
-
-
-def test_a_missing_or_shapeless_definitions_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(AlarmDefinitionError, match="no alarm definitions"):
-        load_alarm_definitions(tmp_path / "none.json")
-    (tmp_path / "bad.json").write_text('{"alarm": []}')
-    with pytest.raises(AlarmDefinitionError, match="'alarms' list"):
-        load_alarm_definitions(tmp_path / "bad.json")
