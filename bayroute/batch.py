@@ -1,14 +1,15 @@
-"""Batch scoring: every image of a folder or an S3 prefix through the model, decoded in parallel, inferred in batches.
+"""Batch scoring: every image of a folder or an S3 prefix through the model, decoded and inferred in parallel.
 
-``score_images`` reads and decodes the images in worker processes (``workers``; 0 decodes in this process),
-each exactly as the workflow decodes an upload (``bayroute.imaging``: format by content, size and pixel
-limits, EXIF, any mode to RGB, resized to the model input), while this process runs the model on batches of
-``batch_size`` as decoded images arrive. It writes one JSON line per image, in input order::
+``score_images`` cuts the images into chunks of ``batch_size``. A chunk is one unit of work, done by one of
+``workers`` processes (``workers`` 0: by this process): read each image, decode it exactly as the workflow
+decodes an upload (``bayroute.imaging``: format by content, size and pixel limits, EXIF, any mode to RGB,
+resized to the model input), run the chunk's images through the model as one batch, format their result
+lines and write their capture file. This process only writes the lines, in input order::
 
     {"image", "labels", "probabilities", "class", "confidence", "model_version", "inference_id"}
     {"image", "error": <reason code>, "detail"}
 
-and, per inference batch, one data-capture file in SageMaker's format (``bayroute.capture``): one record per
+Each scored chunk gets one data-capture file in SageMaker's format (``bayroute.capture``): one record per
 image, its input the model-size PNG the workflow would have sent to the endpoint, its custom attributes
 those of the infer step (model version, labels, object key, input statistics), so the monitor reads batch
 scores like live traffic. Captures go to a folder (laid out as ``aws s3 sync`` would download the capture
@@ -21,11 +22,9 @@ since decoding them gives exactly the scored pixels (a PNG at the model size is 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import multiprocessing
 import os
-import queue
 import threading
 import time
 import uuid
@@ -48,9 +47,6 @@ PNG = "image/png"
 JSON = "application/json"
 # Inference ids of batch scores: UUIDs in this namespace, named by "<image name>@<sha256 of its bytes>".
 BATCH_NAMESPACE = uuid.UUID("0b5f9a52-7c1e-4d3a-9f6b-3e2d8c4a1b70")
-# Images per task handed to a worker: small enough for a smooth progress bar, big enough to amortise the IPC.
-CHUNK_SIZE = 16
-_GRAY = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 class BatchInputError(ValueError):
@@ -93,16 +89,23 @@ def list_images(target: Target, *, s3_client: Any = None, exclude: Iterable[Path
     assert target.folder is not None
     if not target.folder.is_dir():
         raise BatchInputError(f"{target.folder} is not a folder")
-    skipped = {path.resolve() for path in exclude}
-    paths: list[Path] = []
-    for root, folders, files in os.walk(target.folder):
-        here, resolved = Path(root), Path(root).resolve()
-        folders[:] = sorted(name for name in folders if not name.startswith(".") and resolved / name not in skipped)
-        paths.extend(
-            here / name for name in sorted(files) if not name.startswith(".") and resolved / name not in skipped
+    # Plain strings, not Path objects, per file: listing was a twentieth of scoring a folder of small images.
+    skipped = {os.fspath(path.resolve()) for path in exclude}
+    top = str(target.folder)
+    found: list[tuple[tuple[str, ...], str]] = []  # (path parts relative to the folder, path)
+    for root, folders, files in os.walk(top):
+        resolved = os.path.realpath(root)
+        relative = Path(root).relative_to(top).parts
+        folders[:] = [
+            name for name in folders if not name.startswith(".") and os.path.join(resolved, name) not in skipped
+        ]
+        found.extend(
+            ((*relative, name), os.path.join(root, name))
+            for name in files
+            if not name.startswith(".") and os.path.join(resolved, name) not in skipped
         )
-    paths.sort(key=lambda path: path.relative_to(target.folder).parts)  # type: ignore[arg-type]
-    return [ImageItem(index, str(path), str(path)) for index, path in enumerate(paths)]
+    found.sort()
+    return [ImageItem(index, path, path) for index, (_, path) in enumerate(found)]
 
 
 def _list_bucket(target: Target, s3_client: Any) -> list[ImageItem]:
@@ -156,16 +159,7 @@ def decode_image(data: bytes, config: DecodeConfig) -> tuple[np.ndarray, bytes, 
         prepared = prepare_image(data, size=config.size, max_pixels=config.max_pixels)
         return prepared.array, prepared.png, prepared.stats
     array = decode_png_payload(data, config.size, max_pixels=config.max_pixels)
-    gray = array.astype(np.float32) @ _GRAY  # the same statistics as prepare_image
-    stats = InputStats(
-        original_width=config.size,
-        original_height=config.size,
-        format="png",
-        bytes=len(data),
-        brightness=round(float(gray.mean()) / 255.0, 6),
-        contrast=round(float(gray.std()) / 255.0, 6),
-    )
-    return array, data, stats
+    return array, data, InputStats.measure(array, width=config.size, height=config.size, fmt="png", size=len(data))
 
 
 def _read_file(path: str, max_bytes: int) -> bytes:
@@ -179,32 +173,24 @@ def _read_file(path: str, max_bytes: int) -> bytes:
         raise ObjectMissing(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
-_worker_config: DecodeConfig | None = None
-_worker_store: Any = None
-
-
-def _init_worker(config: DecodeConfig) -> None:
-    global _worker_config, _worker_store
-    _worker_config = config
-    _worker_store = None
+# This process's S3 object store, made on first use: each decoding process needs its own client.
+_object_store: Any = None
 
 
 def _read(location: str, config: DecodeConfig) -> bytes:
-    global _worker_store
+    global _object_store
     if config.bucket is None:
         return _read_file(location, config.max_object_bytes)
-    if _worker_store is None:
+    if _object_store is None:
         from bayroute.adapters.aws import ObjectStore, aws_client
 
-        _worker_store = ObjectStore(aws_client("s3"))
-    data: bytes = _worker_store.read(config.bucket, location, max_bytes=config.max_object_bytes)
+        _object_store = ObjectStore(aws_client("s3"))
+    data: bytes = _object_store.read(config.bucket, location, max_bytes=config.max_object_bytes)
     return data
 
 
-def decode_chunk(chunk: Sequence[tuple[int, str]], config: DecodeConfig | None = None) -> list[Decoded]:
+def decode_chunk(chunk: Sequence[tuple[int, str]], config: DecodeConfig) -> list[Decoded]:
     """Read and decode ``(index, location)`` pairs; a failure becomes the image's ``Decoded.error``."""
-    config = config or _worker_config
-    assert config is not None, "decode_chunk runs in a worker started with _init_worker, or with a config"
     decoded = []
     for index, location in chunk:
         try:
@@ -228,10 +214,21 @@ class CaptureFiles:
         self.target = target
         self.endpoint = endpoint
         self.variant = variant
-        self.written: list[str] = []
         self._s3 = s3_client
         if target.bucket is not None and s3_client is None:
             raise ValueError("an S3 capture target needs an S3 client")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_s3": None}  # clients do not pickle; see in_new_process
+
+    def in_new_process(self) -> CaptureFiles:
+        """These capture files as written by another (forked or spawned) process, with its own S3 client: a
+        client's pooled connections must not be shared across processes."""
+        if self.target.bucket is None:
+            return self
+        from bayroute.adapters.aws import aws_client
+
+        return CaptureFiles(self.target, self.endpoint, self.variant, s3_client=aws_client("s3"))
 
     def write(self, records: Sequence[dict[str, Any]], when: datetime) -> str:
         """Store ``records`` as one file named after the batch's time and first event id; returns its key/path."""
@@ -249,7 +246,6 @@ class CaptureFiles:
             partial.write_bytes(body)
             partial.replace(path)  # readers never see half a file
             location = str(path)
-        self.written.append(location)
         return location
 
 
@@ -280,130 +276,163 @@ class BatchSummary:
         return self.total / self.seconds if self.seconds > 0 else 0.0
 
 
-def _chunks(items: Sequence[ImageItem]) -> list[list[tuple[int, str]]]:
-    pairs = [(item.index, item.location) for item in items]
-    return [pairs[start : start + CHUNK_SIZE] for start in range(0, len(pairs), CHUNK_SIZE)]
+@dataclass(frozen=True)
+class ChunkScores:
+    """One chunk scored: its result lines with their input indexes, its failures' reasons, its capture file."""
 
-
-def _decoded_stream(items: Sequence[ImageItem], config: DecodeConfig, workers: int) -> Iterator[Decoded]:
-    chunks = _chunks(items)
-    if workers <= 0 or len(chunks) <= 1:
-        for chunk in chunks:
-            yield from decode_chunk(chunk, config)
-        return
-    # fork starts a worker in milliseconds, but is only safe while this process runs no other thread;
-    # otherwise spawn (a fresh interpreter per worker).
-    method = "fork" if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    context = multiprocessing.get_context(method)
-    with context.Pool(min(workers, len(chunks)), initializer=_init_worker, initargs=(config,)) as pool:
-        for decoded_chunk in pool.imap(decode_chunk, chunks):
-            yield from decoded_chunk
+    lines: list[tuple[int, str]]
+    failures: list[str]
+    capture_file: str | None
 
 
 def _inference_id(name: str, digest: str) -> str:
     return str(uuid.uuid5(BATCH_NAMESPACE, f"{name}@{digest}"))
 
 
-class _Writer:
-    """Formats and writes the result lines and capture files on its own thread, in input order.
+class ChunkScorer:
+    """All the work on a chunk of images: read, decode, one model batch, result lines, one capture file.
 
-    ONNX Runtime releases the GIL while it runs a batch, so formatting one batch overlaps inferring the next.
+    Each worker process runs one, so that the per-image Python work (decoding, formatting, capture records)
+    runs on every core instead of queueing behind one process's GIL, and no pixels cross processes.
     """
-
-    _DONE = None
 
     def __init__(
         self,
-        items: Sequence[ImageItem],
         model: Model,
-        out: IO[str],
+        config: DecodeConfig,
         capture: CaptureFiles | None,
-        progress: Callable[[int], None] | None,
+        clock: Callable[[], datetime],
     ) -> None:
-        self._names = {item.index: item.name for item in items}
-        self._order = [item.index for item in items]
         self._model = model
-        self._out = out
+        self._config = config
         self._capture = capture
-        self._progress = progress
-        self._lines: dict[int, str] = {}
-        self._written = 0
-        self._queue: queue.Queue[tuple[list[Decoded], list[list[float]] | None, datetime] | None] = queue.Queue(8)
-        self._thread = threading.Thread(target=self._run, name="bayroute-batch-writer", daemon=True)
-        self._failure: BaseException | None = None
+        self._clock = clock
 
-    def start(self) -> None:
-        self._thread.start()
+    def score(self, chunk: Sequence[tuple[int, str, str]]) -> ChunkScores:
+        """Score ``(index, location, name)`` triples."""
+        names = {index: name for index, _, name in chunk}
+        lines: list[tuple[int, str]] = []
+        failures: list[str] = []
+        scored: list[Decoded] = []
+        for image in decode_chunk([(index, location) for index, location, _ in chunk], self._config):
+            if image.error is None:
+                scored.append(image)
+                continue
+            failures.append(image.error)
+            failure = {"image": names[image.index], "error": image.error, "detail": image.detail}
+            lines.append((image.index, json.dumps(failure) + "\n"))
+        capture_file = None
+        if scored:
+            size = self._config.size
+            pixels = np.frombuffer(b"".join(image.pixels or b"" for image in scored), dtype=np.uint8)
+            probabilities = self._model.predict(pixels.reshape(len(scored), size, size, 3)).tolist()
+            when = self._clock()
+            records = []
+            for image, row in zip(scored, probabilities, strict=True):
+                name = names[image.index]
+                line, record = self._result(image, name, row, when)
+                lines.append((image.index, line))
+                if record is not None:
+                    records.append(record)
+            if records and self._capture is not None:
+                capture_file = self._capture.write(records, when)
+        return ChunkScores(lines, failures, capture_file)
 
-    def put(self, decoded: list[Decoded], probabilities: list[list[float]] | None, when: datetime) -> None:
-        """Scored images with their probabilities, or failed ones (``probabilities`` None)."""
-        if self._failure is not None:
-            raise self._failure
-        self._queue.put((decoded, probabilities, when))
-
-    def close(self) -> None:
-        self._queue.put(self._DONE)
-        self._thread.join()
-        if self._failure is not None:
-            raise self._failure
-        self._out.flush()
-
-    def _run(self) -> None:
-        while (work := self._queue.get()) is not self._DONE:
-            if self._failure is not None:
-                continue  # drain, so that the producer never blocks; close() raises
-            try:
-                decoded, probabilities, when = work
-                if probabilities is None:
-                    for failed in decoded:
-                        line = {"image": self._names[failed.index], "error": failed.error, "detail": failed.detail}
-                        self._lines[failed.index] = json.dumps(line) + "\n"
-                else:
-                    self._scored(decoded, probabilities, when)
-                self._flush()
-            except BaseException as exc:  # handed to the producer by put() and close()
-                self._failure = exc
-
-    def _scored(self, decoded: list[Decoded], probabilities: list[list[float]], when: datetime) -> None:
+    def _result(self, image: Decoded, name: str, row: list[float], when: datetime) -> tuple[str, dict[str, Any] | None]:
+        """The image's result line, and its capture record when captures are on."""
         model = self._model
-        records = []
-        for image, row in zip(decoded, probabilities, strict=True):
-            top = row.index(max(row))
-            name = self._names[image.index]
-            inference_id = _inference_id(name, image.digest)
-            result = {
-                "image": name,
-                "labels": model.labels,
-                "probabilities": row,
-                "class": model.labels[top],
-                "confidence": row[top],
-                "model_version": model.model_version,
-                "inference_id": inference_id,
-            }
-            self._lines[image.index] = json.dumps(result) + "\n"
-            if self._capture is not None:
-                records.append(
-                    capture_record(
-                        input_body=image.png or b"",
-                        input_content_type=PNG,
-                        output_body=json.dumps(row).encode("utf-8"),
-                        output_content_type=JSON,
-                        event_id=inference_id,
-                        inference_time=when,
-                        custom_attributes=capture_attributes(
-                            model.model_version, model.labels, name, image.stats or {}
-                        ),
-                        inference_id=inference_id,
-                    )
-                )
-        if records and self._capture is not None:
-            self._capture.write(records, when)
+        top = row.index(max(row))
+        inference_id = _inference_id(name, image.digest)
+        result = {
+            "image": name,
+            "labels": model.labels,
+            "probabilities": row,
+            "class": model.labels[top],
+            "confidence": row[top],
+            "model_version": model.model_version,
+            "inference_id": inference_id,
+        }
+        if self._capture is None:
+            return json.dumps(result) + "\n", None
+        record = capture_record(
+            input_body=image.png or b"",
+            input_content_type=PNG,
+            output_body=json.dumps(row).encode("utf-8"),
+            output_content_type=JSON,
+            event_id=inference_id,
+            inference_time=when,
+            custom_attributes=capture_attributes(model.model_version, model.labels, name, image.stats or {}),
+            inference_id=inference_id,
+        )
+        return json.dumps(result) + "\n", record
 
-    def _flush(self) -> None:
-        """Write the finished lines that are next in input order; the progress counts written lines."""
+
+# The worker process's scorer, or why it could not be made (raised with the first chunk it is given, since
+# a Pool whose initializer raises restarts the worker forever).
+_worker_scorer: ChunkScorer | BaseException | None = None
+
+
+def _init_worker(
+    load_model: Callable[[], Model],
+    config: DecodeConfig,
+    capture: CaptureFiles | None,
+    clock: Callable[[], datetime],
+) -> None:
+    global _worker_scorer, _object_store
+    _object_store = None  # a forked worker must not share the parent's connections
+    try:
+        _worker_scorer = ChunkScorer(
+            load_model(), config, capture.in_new_process() if capture is not None else None, clock
+        )
+    except BaseException as exc:  # handed to the parent with the first chunk
+        _worker_scorer = exc
+
+
+def _score_in_worker(chunk: Sequence[tuple[int, str, str]]) -> ChunkScores:
+    if isinstance(_worker_scorer, BaseException):
+        raise _worker_scorer
+    assert _worker_scorer is not None, "_score_in_worker runs in a pool started with _init_worker"
+    return _worker_scorer.score(chunk)
+
+
+def _scored_chunks(
+    chunks: list[list[tuple[int, str, str]]],
+    load_model: Callable[[], Model],
+    config: DecodeConfig,
+    capture: CaptureFiles | None,
+    clock: Callable[[], datetime],
+    workers: int,
+) -> Iterator[ChunkScores]:
+    """Each chunk scored, in this process (``workers`` 0) or in worker processes, as they finish."""
+    if workers <= 0 or len(chunks) <= 1:
+        scorer = ChunkScorer(load_model(), config, capture, clock)
+        for chunk in chunks:
+            yield scorer.score(chunk)
+        return
+    # fork starts a worker in milliseconds, but is only safe while this process runs no other thread;
+    # otherwise spawn (a fresh interpreter per worker).
+    method = "fork" if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    initargs = (load_model, config, capture, clock)
+    with context.Pool(min(workers, len(chunks)), initializer=_init_worker, initargs=initargs) as pool:
+        yield from pool.imap_unordered(_score_in_worker, chunks)
+
+
+class _OrderedLines:
+    """Writes result lines in input order as chunks finish in any order; the progress counts written lines."""
+
+    def __init__(self, order: Sequence[int], out: IO[str], progress: Callable[[int], None] | None) -> None:
+        self._order = order
+        self._out = out
+        self._progress = progress
+        self._waiting: dict[int, str] = {}
+        self._written = 0
+
+    def add(self, lines: Iterable[tuple[int, str]]) -> None:
+        self._waiting.update(lines)
         before = self._written
-        while self._written < len(self._order) and self._order[self._written] in self._lines:
-            self._out.write(self._lines.pop(self._order[self._written]))
+        while self._written < len(self._order) and self._order[self._written] in self._waiting:
+            self._out.write(self._waiting.pop(self._order[self._written]))
             self._written += 1
         if self._progress is not None and self._written > before:
             self._progress(self._written - before)
@@ -411,7 +440,7 @@ class _Writer:
 
 def score_images(
     items: Sequence[ImageItem],
-    model: Model,
+    load_model: Callable[[], Model],
     settings: Settings,
     out: IO[str],
     *,
@@ -422,48 +451,36 @@ def score_images(
     progress: Callable[[int], None] | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> BatchSummary:
-    """Score ``items`` (listed by ``list_images``; objects of ``bucket`` when given, else files) into ``out``."""
+    """Score ``items`` (listed by ``list_images``; objects of ``bucket`` when given, else files) into ``out``.
+
+    The items are cut into chunks of ``batch_size``; each chunk is decoded and run through the model as one
+    batch (less its images that fail), by ``workers`` processes that each call ``load_model`` once, or in this
+    process when ``workers`` is 0. ``load_model``, ``capture`` and ``clock`` must pickle where fork is not
+    available.
+    """
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
-    size = settings.model_input_size
     config = DecodeConfig(
-        size=size,
+        size=settings.model_input_size,
         max_pixels=settings.limits.max_image_pixels,
         max_object_bytes=settings.limits.max_object_bytes,
         bucket=bucket,
     )
     summary = BatchSummary(total=len(items))
-    writer = _Writer(items, model, out, capture, progress)
-    pending: list[Decoded] = []
+    lines = _OrderedLines([item.index for item in items], out, progress)
+    triples = [(item.index, item.location, item.name) for item in items]
+    chunks = [triples[start : start + batch_size] for start in range(0, len(triples), batch_size)]
     started = time.perf_counter()
-
-    def run_batch() -> None:
-        pixels = np.frombuffer(b"".join(d.pixels or b"" for d in pending), dtype=np.uint8)
-        probabilities = model.predict(pixels.reshape(len(pending), size, size, 3))
-        writer.put(list(pending), probabilities.tolist(), clock())
-        summary.scored += len(pending)
-        pending.clear()
-
-    stream = _decoded_stream(items, config, workers)
-    # The first image starts the decoding workers; only then the writer thread (fork needs a lone thread).
-    first = next(stream, None)
-    writer.start()
-    try:
-        for decoded in itertools.chain([first] if first else [], stream):
-            if decoded.error is not None:
-                writer.put([decoded], None, clock())
-                summary.failed += 1
-                summary.failures_by_reason[decoded.error] = summary.failures_by_reason.get(decoded.error, 0) + 1
-                continue
-            pending.append(decoded)
-            if len(pending) >= batch_size:
-                run_batch()
-        if pending:
-            run_batch()
-    finally:
-        writer.close()
+    for scores in _scored_chunks(chunks, load_model, config, capture, clock, workers):
+        summary.scored += len(scores.lines) - len(scores.failures)
+        summary.failed += len(scores.failures)
+        for reason in scores.failures:
+            summary.failures_by_reason[reason] = summary.failures_by_reason.get(reason, 0) + 1
+        if scores.capture_file is not None:
+            summary.capture_files.append(scores.capture_file)
+        lines.add(scores.lines)
+    out.flush()
     summary.seconds = time.perf_counter() - started
-    summary.capture_files = list(capture.written) if capture is not None else []
     return summary
 
 

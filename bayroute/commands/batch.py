@@ -1,11 +1,11 @@
 """``bayroute batch score DIR|s3://bucket/prefix --out results.jsonl``: score a whole folder or bucket prefix.
 
-Images are read and decoded in ``--workers`` processes, exactly as the workflow decodes uploads, and run
-through the model in batches of ``--batch-size`` (``bayroute.batch``). ``--out`` gets one JSON line per
-image, in input order: ``{"image", "labels", "probabilities", "class", "confidence", "model_version",
-"inference_id"}`` or ``{"image", "error", "detail"}``. Capture records in SageMaker's format go to
-``--capture`` (a folder, default ``capture/`` beside ``--out``, or ``s3://bucket/prefix``) unless
-``--no-capture``. S3 is reached as the handlers reach it (``AWS_ENDPOINT_URL`` and the usual credentials).
+Images are read, decoded (exactly as the workflow decodes uploads) and run through the model in batches of
+``--batch-size`` by ``--workers`` processes, each with its own copy of the model (``bayroute.batch``).
+``--out`` gets one JSON line per image, in input order: ``{"image", "labels", "probabilities", "class",
+"confidence", "model_version", "inference_id"}`` or ``{"image", "error", "detail"}``. Capture records in
+SageMaker's format go to ``--capture`` (a folder, default ``capture/`` beside ``--out``, or ``s3://bucket/prefix``)
+unless ``--no-capture``. S3 is reached as the handlers reach it (``AWS_ENDPOINT_URL`` and the usual credentials).
 Exit code 1 when any image failed, 2 when nothing could be scored (bad model, folder or bucket).
 
 Mount with ``app.add_typer(batch_app, name="batch")``.
@@ -14,6 +14,7 @@ Mount with ``app.add_typer(batch_app, name="batch")``.
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -60,12 +61,14 @@ def score_command(
     needs_s3 = target.bucket is not None or (capture_target is not None and capture_target.bucket is not None)
     s3 = _s3_client() if needs_s3 else None
     decode_workers = (os.cpu_count() or 1) if workers is None else workers
+    model_path = model or settings.model_path
+    # Each worker process runs the model on one thread, so the workers together fill the cores; decoding
+    # in this process leaves the model all of them.
+    load_model = partial(OnnxClassifier, model_path, intra_op_threads=1 if decode_workers else 0)
     try:
-        # The decoding processes keep the other cores busy: one inference thread beats a pool fighting them.
-        classifier = OnnxClassifier(model or settings.model_path, intra_op_threads=1 if decode_workers else 0)
         exclude = [out] + ([capture_target.folder] if capture_target and capture_target.folder else [])
         items = list_images(target, s3_client=s3, exclude=exclude)
-    except (ModelFileError, BatchInputError) as exc:
+    except BatchInputError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     captures = (
@@ -95,17 +98,21 @@ def score_command(
             progress.update(task, advance=count, rate=f"{done / elapsed:,.0f} images/s" if elapsed else "")
             progress.refresh()
 
-        summary = score_images(
-            items,
-            classifier,
-            settings,
-            lines,
-            workers=decode_workers,
-            batch_size=batch_size,
-            bucket=target.bucket,
-            capture=captures,
-            progress=advance,
-        )
+        try:
+            summary = score_images(
+                items,
+                load_model,
+                settings,
+                lines,
+                workers=decode_workers,
+                batch_size=batch_size,
+                bucket=target.bucket,
+                capture=captures,
+                progress=advance,
+            )
+        except ModelFileError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
     reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(summary.failures_by_reason.items()))
     console.print(
         f"{summary.scored} scored, {summary.failed} failed{f' ({reasons})' if reasons else ''} of {summary.total} "

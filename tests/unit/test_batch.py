@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from bayroute.batch import (
 from bayroute.capture import parse_capture_line
 from bayroute.config import load_settings
 from bayroute.imaging import prepare_image
+from bayroute.model.onnx_model import ModelFileError
 from bayroute.steps.infer import capture_context
 
 SETTINGS = load_settings(env={})
@@ -143,7 +145,7 @@ def test_scores_come_out_one_line_per_image_in_input_order_with_errors_in_place(
     items = list_images(Target(folder=_folder(tmp_path)))
     out = io.StringIO()
     model = RedModel()
-    summary = score_images(items, model, SETTINGS, out, workers=0, batch_size=3, clock=lambda: WHEN)
+    summary = score_images(items, lambda: model, SETTINGS, out, workers=0, batch_size=3, clock=lambda: WHEN)
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [Path(line["image"]).name for line in lines] == [Path(item.name).name for item in items]
     broken = next(line for line in lines if line["image"].endswith("2b-broken.png"))
@@ -151,7 +153,8 @@ def test_scores_come_out_one_line_per_image_in_input_order_with_errors_in_place(
     scored = [line for line in lines if "error" not in line]
     assert len(scored) == summary.scored == 6 and summary.failed == 1 and summary.total == 7
     assert summary.failures_by_reason == {"not_an_image": 1}
-    assert model.batches == [3, 3]
+    # Chunks of 3 images, each one model batch less its failures: [0, 1, 2], [2b-broken, 3, 4], [big].
+    assert model.batches == [3, 2, 1]
     red = next(line for line in lines if line["image"].endswith("/0.png"))
     assert red["class"] == "bicycle" and red["confidence"] == pytest.approx(250 / 255, abs=1e-6)
     assert red["labels"] == model.labels and red["model_version"] == "red-1"
@@ -159,7 +162,7 @@ def test_scores_come_out_one_line_per_image_in_input_order_with_errors_in_place(
     assert blue["class"] == "motorcycle" and blue["probabilities"] == pytest.approx([0.0, 1.0])
     # The same bytes under the same name always get the same inference id.
     again = io.StringIO()
-    score_images(items, RedModel(), SETTINGS, again, workers=0, batch_size=7)
+    score_images(items, RedModel, SETTINGS, again, workers=0, batch_size=7)
     assert [json.loads(x).get("inference_id") for x in again.getvalue().splitlines()] == [
         line.get("inference_id") for line in lines
     ]
@@ -169,9 +172,7 @@ def test_capture_files_hold_one_sagemaker_record_per_scored_image(tmp_path: Path
     items = list_images(Target(folder=_folder(tmp_path)))
     capture = CaptureFiles(Target(folder=tmp_path / "capture"), "bayroute-endpoint", "AllTraffic")
     out = io.StringIO()
-    summary = score_images(
-        items, RedModel(), SETTINGS, out, workers=0, batch_size=4, capture=capture, clock=lambda: WHEN
-    )
+    summary = score_images(items, RedModel, SETTINGS, out, workers=0, batch_size=4, capture=capture, clock=lambda: WHEN)
     files = sorted((tmp_path / "capture").rglob("*.jsonl"))
     assert [str(f) for f in files] == sorted(summary.capture_files)
     assert len(files) == 2  # 6 scored images in batches of 4
@@ -203,18 +204,18 @@ def test_a_failing_capture_write_stops_the_run_with_its_error(tmp_path: Path) ->
     items = list_images(Target(folder=_folder(tmp_path)))
     capture = Broken(Target(folder=tmp_path / "capture"), "e", "v")
     with pytest.raises(OSError, match="disk full"):
-        score_images(items, RedModel(), SETTINGS, io.StringIO(), workers=0, batch_size=1, capture=capture)
+        score_images(items, RedModel, SETTINGS, io.StringIO(), workers=0, batch_size=1, capture=capture)
 
 
 def test_a_batch_size_below_one_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least 1"):
-        score_images([], RedModel(), SETTINGS, io.StringIO(), workers=0, batch_size=0)
+        score_images([], RedModel, SETTINGS, io.StringIO(), workers=0, batch_size=0)
 
 
 def test_results_read_back_from_the_out_file(tmp_path: Path) -> None:
     path = tmp_path / "out.jsonl"
     with path.open("w", encoding="utf-8") as out:
-        score_images(list_images(Target(folder=_folder(tmp_path))), RedModel(), SETTINGS, out, workers=0, batch_size=8)
+        score_images(list_images(Target(folder=_folder(tmp_path))), RedModel, SETTINGS, out, workers=0, batch_size=8)
     results = load_results(path)
     assert len(results) == 7 and sum("error" in r for r in results) == 1
 
@@ -222,3 +223,41 @@ def test_results_read_back_from_the_out_file(tmp_path: Path) -> None:
 def test_an_s3_capture_target_needs_a_client() -> None:
     with pytest.raises(ValueError, match="S3 client"):
         CaptureFiles(Target(bucket="capture"), "e", "v")
+
+
+def test_worker_processes_give_the_same_lines_and_captures_as_this_process(tmp_path: Path) -> None:
+    items = list_images(Target(folder=_folder(tmp_path)))
+    results = {}
+    for workers in (0, 2):
+        capture = CaptureFiles(Target(folder=tmp_path / f"capture-{workers}"), "e", "v")
+        out = io.StringIO()
+        summary = score_images(
+            items, RedModel, SETTINGS, out, workers=workers, batch_size=2, capture=capture, clock=lambda: WHEN
+        )
+        records = sorted(
+            line for f in (tmp_path / f"capture-{workers}").rglob("*.jsonl") for line in f.read_text().splitlines()
+        )
+        results[workers] = (out.getvalue(), records, summary.scored, summary.failures_by_reason)
+        assert len(summary.capture_files) == 4  # chunks [0, 1] [2, 2b-broken] [3, 4] [big]
+    assert results[2] == results[0]
+    assert results[0][2] == 6 and results[0][3] == {"not_an_image": 1}
+
+
+def _missing_model() -> RedModel:
+    raise ModelFileError("model file not found: /nowhere/model.onnx")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_model_that_cannot_load_stops_the_run_with_its_error(tmp_path: Path, workers: int) -> None:
+    items = list_images(Target(folder=_folder(tmp_path)))
+    # In worker processes, too: a pool whose initializer raises would restart its workers forever.
+    with pytest.raises(ModelFileError, match=r"/nowhere/model\.onnx"):
+        score_images(items, _missing_model, SETTINGS, io.StringIO(), workers=workers, batch_size=2)
+
+
+def test_capture_files_travel_to_worker_processes_without_the_parents_client(tmp_path: Path) -> None:
+    parents_client = object()
+    to_bucket = CaptureFiles(Target(bucket="capture"), "e", "v", s3_client=parents_client)
+    assert pickle.loads(pickle.dumps(to_bucket))._s3 is None
+    to_folder = CaptureFiles(Target(folder=tmp_path), "e", "v")
+    assert to_folder.in_new_process() is to_folder  # nothing to reconnect

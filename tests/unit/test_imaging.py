@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import struct
@@ -22,6 +23,7 @@ from bayroute.errors import (
 from bayroute.imaging import (
     DEFAULT_MAX_PIXELS,
     SUPPORTED_FORMATS,
+    InputStats,
     decode_png_payload,
     prepare_image,
     sniff_format,
@@ -285,3 +287,15 @@ def test_payload_decoding_resizes_any_accepted_image() -> None:
     assert array.shape == (SIZE, SIZE, 3)
     with pytest.raises(TruncatedImage):
         decode_png_payload(truncated_png(), SIZE)
+
+
+def test_input_stats_are_the_luma_mean_and_deviation_and_round_trip_as_a_dict() -> None:
+    rng = np.random.default_rng(3)
+    for high in (1, 40, 256):
+        array = rng.integers(0, high, (32, 32, 3), dtype=np.uint8)
+        stats = InputStats.measure(array, width=640, height=480, fmt="jpeg", size=12_345)
+        gray = array.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        assert stats.brightness == pytest.approx(gray.mean() / 255.0, abs=1e-6)
+        assert stats.contrast == pytest.approx(gray.std() / 255.0, abs=1e-6)
+        assert stats.to_dict() == dataclasses.asdict(stats)  # every field, spelled out by hand
+        assert InputStats.from_dict(json.loads(json.dumps(stats.to_dict()))) == stats
