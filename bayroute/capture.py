@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from bayroute.endpoint_server import (
+from bayroute.serving import (
     labels_from_custom_attributes,
     media_type,
     model_version_from_custom_attributes,

@@ -39,7 +39,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bayroute.config import Settings
-from bayroute.endpoint_server import (
+from bayroute.errors import EndpointThrottled, EndpointUnavailable, ModelError
+from bayroute.imaging import DEFAULT_MAX_PIXELS
+from bayroute.serving import (
     CUSTOM_ATTRIBUTES_HEADER,
     JSON_CONTENT_TYPE,
     InferenceApp,
@@ -48,8 +50,6 @@ from bayroute.endpoint_server import (
     model_version_from_custom_attributes,
     parse_custom_attributes,
 )
-from bayroute.errors import EndpointThrottled, EndpointUnavailable, ModelError
-from bayroute.imaging import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:  # ONNX Runtime is loaded only by the in-process backend
     from bayroute.model.onnx_model import OnnxClassifier

@@ -39,9 +39,9 @@ from typing import Any
 import numpy as np
 
 from bayroute.capture import CapturedInference, CaptureFormatError, parse_capture_line
-from bayroute.endpoint_server import labels_from_custom_attributes, media_type, parse_custom_attributes
 from bayroute.errors import WorkflowError
 from bayroute.imaging import prepare_image
+from bayroute.serving import labels_from_custom_attributes, media_type, parse_custom_attributes
 from bayroute.steps.infer import capture_context
 
 UNKNOWN_VERSION = "unknown"

@@ -29,8 +29,8 @@ from bayroute.adapters.endpoint import EndpointAnswer, InferenceEndpoint
 from bayroute.capture import capture_record
 from bayroute.config import Settings
 from bayroute.domain import Prediction, WorkflowRequest
-from bayroute.endpoint_server import format_custom_attributes, parse_custom_attributes
 from bayroute.errors import InvalidEvent, ModelError
+from bayroute.serving import format_custom_attributes, parse_custom_attributes
 
 # Inference ids are UUIDs in this namespace, named by "<idempotency key>-<attempt>".
 INFERENCE_NAMESPACE = uuid.UUID("6f1d3c2e-5b7a-4e0f-9c1d-2a8b4e6f0c3d")

@@ -30,9 +30,10 @@ from bayroute.adapters.endpoint import (
     endpoint_from_settings,
 )
 from bayroute.config import load_settings
-from bayroute.endpoint_server import CUSTOM_ATTRIBUTES_HEADER, ModelServer, format_custom_attributes
+from bayroute.endpoint_server import ModelServer
 from bayroute.errors import EndpointThrottled, EndpointUnavailable, ModelError, WorkflowError
 from bayroute.model.onnx_model import OnnxClassifier
+from bayroute.serving import CUSTOM_ATTRIBUTES_HEADER, format_custom_attributes
 from tests.fixtures_model import model_fixture, tiny_model_fixture  # noqa: F401  (pytest fixtures)
 from tests.hostile import encode, truncated_png
 

@@ -21,16 +21,16 @@ import pytest
 from PIL import Image
 
 from bayroute.config import REPO_ROOT
-from bayroute.endpoint_server import (
+from bayroute.endpoint_server import ModelServer
+from bayroute.model.onnx_model import OnnxClassifier
+from bayroute.serving import (
     CUSTOM_ATTRIBUTES_HEADER,
     DynamicBatcher,
-    ModelServer,
     format_custom_attributes,
     labels_from_custom_attributes,
     model_version_from_custom_attributes,
     parse_custom_attributes,
 )
-from bayroute.model.onnx_model import OnnxClassifier
 from tests.fixtures_model import model_fixture, tiny_model_fixture  # noqa: F401  (pytest fixtures)
 from tests.hostile import OK, HostileCase, encode, hostile_cases
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-HEAVY = ["aws_xray_sdk.core", "boto3", "s3transfer", "aws_lambda_powertools.utilities.idempotency"]
+# asyncio: the endpoint server's transport, which the in-process backend (bayroute.serving) does without.
+HEAVY = ["aws_xray_sdk.core", "boto3", "s3transfer", "aws_lambda_powertools.utilities.idempotency", "asyncio"]
 
 
 def _loaded_after_import(module: str, **env: str) -> dict[str, bool]:
@@ -31,7 +32,7 @@ def _loaded_after_import(module: str, **env: str) -> dict[str, bool]:
     return loaded
 
 
-def test_infer_outside_lambda_loads_neither_xray_nor_boto3_nor_idempotency() -> None:
+def test_infer_outside_lambda_loads_neither_xray_nor_boto3_nor_idempotency_nor_the_http_server() -> None:
     assert _loaded_after_import("services.infer.handler") == dict.fromkeys(HEAVY, False)
 
 
