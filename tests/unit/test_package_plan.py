@@ -7,16 +7,21 @@ from pathlib import Path
 
 import pytest
 
+import infra.package
 from infra.package import (
     MAX_UNZIPPED_BYTES,
     MAX_ZIPPED_BYTES,
+    RUNTIME_PYTHON_VARIABLE,
     Package,
     PackageError,
+    compile_bytecode,
     first_party_files,
+    main,
     package,
     prune,
     remove_distributions,
     requirements,
+    runtime_python,
     write_zip,
 )
 
@@ -45,6 +50,56 @@ def test_first_party_files_are_the_import_closure_plus_settings_and_model() -> N
 def test_a_missing_handler_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PackageError, match=r"services/nope/handler\.py does not exist"):
         package("nope", out=tmp_path)
+
+
+def test_without_a_runtime_python_packaging_stops_before_pip_and_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(infra.package, "runtime_python", lambda: None)
+    monkeypatch.setattr(infra.package, "install", lambda *args: pytest.fail("pip ran before the check"))
+    with pytest.raises(PackageError) as refused:
+        package("threshold", out=tmp_path)
+    message = str(refused.value)
+    assert "no CPython 3.12 found to compile the package's bytecode" in message
+    assert "read-only" in message and "cold start" in message
+    assert RUNTIME_PYTHON_VARIABLE in message and "--no-bytecode" in message and "bytecode=False" in message
+    assert not (tmp_path / "threshold").exists()
+    assert main(["threshold", "--out", str(tmp_path)]) == 1
+    assert "cannot package: no CPython 3.12 found" in capsys.readouterr().err
+
+
+def test_an_explicit_runtime_python_that_is_not_one_is_refused_not_passed_over(tmp_path: Path) -> None:
+    not_python = tmp_path / "python3.12"
+    not_python.write_text("#!/bin/sh\necho cpython 3.11\n", encoding="utf-8")
+    not_python.chmod(0o755)
+    with pytest.raises(PackageError, match=rf"{RUNTIME_PYTHON_VARIABLE}=.* is not a CPython 3\.12 interpreter"):
+        runtime_python({RUNTIME_PYTHON_VARIABLE: str(not_python), "PATH": ""})
+
+
+def test_bytecode_is_compiled_for_the_runtime_beside_each_source_naming_it_relative_to_the_package(
+    tmp_path: Path,
+) -> None:
+    interpreter = runtime_python()
+    if interpreter is None:
+        pytest.skip("no CPython 3.12 here (set BAYROUTE_PYTHON312)")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("", encoding="utf-8")
+    (tmp_path / "pkg" / "mod.py").write_text("VALUE = 1\n", encoding="utf-8")
+    compile_bytecode(tmp_path, interpreter)
+    compiled = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.pyc"))
+    assert compiled == ["pkg/__pycache__/__init__.cpython-312.pyc", "pkg/__pycache__/mod.cpython-312.pyc"]
+    data = (tmp_path / "pkg" / "__pycache__" / "mod.cpython-312.pyc").read_bytes()
+    assert int.from_bytes(data[4:8], "little") == 1  # PEP 552 flags: hash-based, unchecked
+    assert b"pkg/mod.py" in data and str(tmp_path).encode() not in data
+
+
+def test_code_the_runtime_cannot_compile_fails_the_package(tmp_path: Path) -> None:
+    interpreter = runtime_python()
+    if interpreter is None:
+        pytest.skip("no CPython 3.12 here (set BAYROUTE_PYTHON312)")
+    (tmp_path / "broken.py").write_text("def f(:\n", encoding="utf-8")
+    with pytest.raises(PackageError, match=r"could not compile the package(.|\n)*broken\.py"):
+        compile_bytecode(tmp_path, interpreter)
 
 
 def _fake_distribution(site: Path, name: str, files: list[str]) -> None:
