@@ -18,6 +18,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SETTINGS_FILE = REPO_ROOT / "infra" / "settings.json"
 ENV_PREFIX = "BAYROUTE_"
+MAX_SQS_BATCH = 10
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,8 @@ class Settings:
     endpoint_timeout_seconds: float
     inference_backend: str
     monitoring: Monitoring
+    # Messages per invocation of ingest by its queue (the event source mapping's BatchSize, the local poller's).
+    ingest_batch_size: int
     # Full URL of the model endpoint for the "http" backend; derived from host and port when unset.
     endpoint_url_override: str | None = field(default=None)
 
@@ -163,6 +166,12 @@ def load_settings(env: Mapping[str, str] | None = None, path: Path = SETTINGS_FI
     backend = env.get(f"{ENV_PREFIX}INFERENCE_BACKEND", raw["inference_backend"])
     if backend not in {"http", "sagemaker", "lambda"}:
         raise SettingsError(f"inference backend must be http, sagemaker or lambda, got {backend!r}")
+    ingest_batch_size = raw["ingest"]["batch_size"]
+    # One SQS ReceiveMessage returns at most 10 messages: a bigger batch would need a batching window.
+    if not isinstance(ingest_batch_size, int) or not 1 <= ingest_batch_size <= MAX_SQS_BATCH:
+        raise SettingsError(
+            f"ingest batch_size must be an integer from 1 to {MAX_SQS_BATCH}, got {ingest_batch_size!r}"
+        )
     return Settings(
         names=Names(**_override(raw["names"], env)),
         prefixes=Prefixes(**raw["prefixes"]),
@@ -177,6 +186,7 @@ def load_settings(env: Mapping[str, str] | None = None, path: Path = SETTINGS_FI
         endpoint_timeout_seconds=float(raw["endpoint"]["timeout_seconds"]),
         inference_backend=backend,
         monitoring=Monitoring(**_override(raw["monitoring"], env)),
+        ingest_batch_size=ingest_batch_size,
         endpoint_url_override=env.get(f"{ENV_PREFIX}ENDPOINT_URL"),
     )
 

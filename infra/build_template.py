@@ -64,7 +64,6 @@ HAS_ONCALL_EMAIL = "HasOnCallEmail"
 # SQS event sources; serialize decodes photos up to the pixel limit (JPEG draft mode keeps that small).
 INGEST_TIMEOUT = 10
 INGEST_VISIBILITY_TIMEOUT = 6 * INGEST_TIMEOUT
-INGEST_BATCH_SIZE = 10
 LAMBDA_INFERENCE_MEMORY = 1024
 # Retain a photo at least as long as its dead-letter message, so that a replay still finds it.
 MIN_INBOX_EXPIRY_DAYS = DEAD_LETTER_RETENTION_SECONDS // 86400 + 1
@@ -820,7 +819,7 @@ class StackBuilder:
                         "Type": "SQS",
                         "Properties": {
                             "Queue": get_att("IngestQueue", "Arn"),
-                            "BatchSize": INGEST_BATCH_SIZE,
+                            "BatchSize": self.settings.ingest_batch_size,
                             "FunctionResponseTypes": ["ReportBatchItemFailures"],
                         },
                     }

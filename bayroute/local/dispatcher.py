@@ -1,6 +1,7 @@
 """The local twin of a Lambda SQS event source mapping: poll a queue, invoke a function with batches.
 
-As on AWS: up to 10 messages a batch, the function gets the standard SQS event, messages named in its
+As on AWS: up to ``batch_size`` messages a batch (the settings' ``ingest.batch_size``, which the template's
+event source mapping uses too), the function gets the standard SQS event, messages named in its
 ``batchItemFailures`` (or the whole batch, when the function fails) stay in the queue and come back after
 their visibility timeout, the others are deleted.
 """
@@ -17,7 +18,6 @@ from typing import Any
 from bayroute.local.lambda_api import LocalFunction, invoke
 
 logger = logging.getLogger(__name__)
-BATCH_SIZE = 10
 POLL_WAIT_SECONDS = 1
 # The whole batch failed: wait before polling again so a crashing function does not spin.
 FAILURE_BACKOFF_SECONDS = 0.5
@@ -59,8 +59,9 @@ def failed_message_ids(response_body: bytes, failed: bool, batch: list[dict[str,
 
 
 class SqsDispatcher:
-    def __init__(self, sqs: Any, queue_url: str, function: LocalFunction, region: str) -> None:
+    def __init__(self, sqs: Any, queue_url: str, function: LocalFunction, region: str, batch_size: int) -> None:
         self._sqs = sqs
+        self._batch_size = batch_size
         self._queue_url = queue_url
         self._function = function
         self._region = region
@@ -91,7 +92,7 @@ class SqsDispatcher:
         """Receive one batch and hand it to the function; returns the number of messages received."""
         batch = self._sqs.receive_message(
             QueueUrl=self._queue_url,
-            MaxNumberOfMessages=BATCH_SIZE,
+            MaxNumberOfMessages=self._batch_size,
             WaitTimeSeconds=POLL_WAIT_SECONDS,
             AttributeNames=["All"],
             MessageAttributeNames=["All"],

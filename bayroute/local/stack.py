@@ -145,7 +145,11 @@ class LocalStack:
         ingest = self.functions.get(self.settings.names.ingest_function)
         if ingest is not None:
             self._dispatcher = SqsDispatcher(
-                self.session.client("sqs"), self.resources.ingest_queue_url, ingest, self.session.region_name
+                self.session.client("sqs"),
+                self.resources.ingest_queue_url,
+                ingest,
+                self.session.region_name,
+                self.settings.ingest_batch_size,
             )
             self._dispatcher.start()
         return StackAddresses(aws_endpoint_url=aws_url, model_endpoint_url=model_url)

@@ -148,6 +148,7 @@ def test_the_sam_transform_yields_the_stack(transformed: dict[str, Any]) -> None
     (mapping,) = of_type("AWS::Lambda::EventSourceMapping", resources).values()
     assert mapping["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert mapping["Properties"]["EventSourceArn"] == {"Fn::GetAtt": ["IngestQueue", "Arn"]}
+    assert mapping["Properties"]["BatchSize"] == SETTINGS.ingest_batch_size  # as the local poller receives
 
     rules = of_type("AWS::Events::Rule", resources)
     assert {"InboxRule", "OutcomesRule"} <= set(rules)

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from bayroute.config import SettingsError, load_settings
+from bayroute.config import SETTINGS_FILE, SettingsError, load_settings
 
 
 def test_file_defaults_route_bicycles_near_and_motorcycles_far() -> None:
@@ -57,3 +58,13 @@ def test_to_env_carries_the_limits_to_the_handlers() -> None:
     settings = load_settings(env={"BAYROUTE_MAX_OBJECT_BYTES": "1234"})
     assert settings.to_env()["BAYROUTE_MAX_OBJECT_BYTES"] == "1234"
     assert load_settings(env=settings.to_env()).limits == settings.limits
+
+
+@pytest.mark.parametrize("batch_size", [0, 11, 2.5, "10"])
+def test_an_ingest_batch_size_sqs_cannot_deliver_is_rejected(tmp_path: Path, batch_size: object) -> None:
+    raw = json.loads(SETTINGS_FILE.read_text())
+    raw["ingest"]["batch_size"] = batch_size
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(SettingsError, match="ingest batch_size must be an integer from 1 to 10"):
+        load_settings(env={}, path=path)
