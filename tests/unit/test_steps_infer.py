@@ -2,8 +2,6 @@ from __future__ import annotations
 
 import base64
 import json
-import random
-import urllib.parse
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,7 +12,7 @@ from bayroute.adapters.endpoint import EndpointAnswer
 from bayroute.capture import CaptureWriter, parse_capture_line
 from bayroute.domain import ObjectRef, Prediction, WorkflowRequest
 from bayroute.errors import EndpointThrottled, EndpointUnavailable, InvalidEvent, ModelError, WorkflowError
-from bayroute.steps.infer import Infer, capture_context, inference_id_for, quote_component
+from bayroute.steps.infer import Infer, capture_context, inference_id_for
 from tests.hostile import hostile_case
 from tests.unit.test_steps_fakes import TEST_SETTINGS, FakeObjectStore
 
@@ -168,12 +166,3 @@ def test_without_a_capture_sink_nothing_is_written_and_the_prediction_is_the_sam
     uncaptured = Infer(TEST_SETTINGS, endpoint=rig.endpoint, staging=rig.staging, capture=None, clock=lambda: rig.now)
     assert uncaptured.run(state()) == rig.step.run(state())
     assert len(rig.s3.objects) == 1  # only the captured step wrote
-
-
-def test_quote_component_encodes_as_urllib_does() -> None:
-    rng = random.Random(7)
-    alphabet = [chr(code) for code in range(128)] + ["é", "€", "🚲", "\u00a0"]
-    texts = ["", "".join(chr(code) for code in range(128)), "s3://inbox/2026/a b,c=d|e.png", '{"a":1,"b":"x y"}']
-    texts += ["".join(rng.choices(alphabet, k=rng.randint(1, 40))) for _ in range(500)]
-    for text in texts:
-        assert quote_component(text) == urllib.parse.quote(text, safe=""), text
