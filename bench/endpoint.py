@@ -6,6 +6,10 @@ the infer step sends). Each repeat runs every (concurrency, batching) pair back 
 is measured side by side, plus concurrency 16 with ONNX Runtime's default thread pool (all cores, which
 ``bayroute serve`` and the local stack use today) for comparison. The server process's CPU time per answer is
 recorded too: unlike wall-clock rates it hardly depends on what else the machine runs.
+
+The transport ceiling is the same server and load at concurrency 16 with a model that answers at once
+(``InstantModel``): what HTTP, decoding, batching and the load generator alone allow on this machine, which no
+model, however cheap, can exceed.
 """
 
 from __future__ import annotations
@@ -26,6 +30,14 @@ from bench.loadgen import LoadResult, build_requests, run_load
 CONCURRENCIES = (1, 8, 16)
 THROUGHPUT_GOAL = 3000.0
 P99_GOAL_MS = 10.0
+
+
+class InstantModel(OnnxClassifier):
+    """The served model's file and metadata, but ``predict`` costs nothing: isolates the transport's cost."""
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        count = 1 if images.ndim == 3 else len(images)
+        return np.full((count, len(self.labels)), 1.0 / len(self.labels), dtype=np.float32)
 
 
 def _server(classifier: OnnxClassifier, settings: Settings, batching: bool) -> ModelServer:
@@ -61,9 +73,11 @@ def measure(
     requests = build_requests(bodies)
     results: dict[tuple[int, bool], list[LoadResult]] = {}
     default_runs: list[LoadResult] = []
-    cpu_ms: dict[str, list[float]] = {"one_intra_op_thread": [], "default_threads": []}
+    transport_runs: list[LoadResult] = []
+    cpu_ms: dict[str, list[float]] = {"one_intra_op_thread": [], "default_threads": [], "instant_model": []}
     servers = {batching: _server(classifier, settings, batching) for batching in (False, True)}
     default_server = _server(default_threads, settings, True)
+    transport_server = _server(InstantModel(model_path, intra_op_threads=1), settings, True)
     try:
         for _ in range(repeats):
             for concurrency in CONCURRENCIES:
@@ -75,8 +89,11 @@ def measure(
             result, cpu = _run(default_server, requests, 16, duration_s)
             default_runs.append(result)
             cpu_ms["default_threads"].append(cpu)
+            result, cpu = _run(transport_server, requests, 16, duration_s)
+            transport_runs.append(result)
+            cpu_ms["instant_model"].append(cpu)
     finally:
-        for server in (*servers.values(), default_server):
+        for server in (*servers.values(), default_server, transport_server):
             server.stop()
 
     def table(concurrency: int, batching: bool) -> dict[str, Any]:
@@ -107,6 +124,12 @@ def measure(
         "default_threads_c16_batching": {
             "requests_per_s": round(float(np.median([r.per_second for r in default_runs])), 1),
             "p99_ms": round(float(np.median([r.latency_ms(99) for r in default_runs])), 3),
+        },
+        # The server and load generator with a model that costs nothing: no model can beat it either.
+        "transport_ceiling_c16_batching": {
+            "requests_per_s": round(float(np.median([r.per_second for r in transport_runs])), 1),
+            "p99_ms": round(float(np.median([r.latency_ms(99) for r in transport_runs])), 3),
+            "errors": sum(r.errors for r in transport_runs),
         },
         # The model alone (batches of 32, all cores, from the model section): no server can beat it.
         "model_only_images_per_s": round(model_limit_images_per_s, 1) if model_limit_images_per_s else None,
