@@ -285,6 +285,11 @@ class ChunkScores:
     capture_file: str | None
 
 
+def utc_now() -> datetime:
+    """The default clock of capture records (a module function: spawned workers get it by pickling)."""
+    return datetime.now(UTC)
+
+
 def _inference_id(name: str, digest: str) -> str:
     return str(uuid.uuid5(BATCH_NAMESPACE, f"{name}@{digest}"))
 
@@ -449,7 +454,7 @@ def score_images(
     bucket: str | None = None,
     capture: CaptureFiles | None = None,
     progress: Callable[[int], None] | None = None,
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    clock: Callable[[], datetime] = utc_now,
 ) -> BatchSummary:
     """Score ``items`` (listed by ``list_images``; objects of ``bucket`` when given, else files) into ``out``.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -261,3 +262,20 @@ def test_capture_files_travel_to_worker_processes_without_the_parents_client(tmp
     assert pickle.loads(pickle.dumps(to_bucket))._s3 is None
     to_folder = CaptureFiles(Target(folder=tmp_path), "e", "v")
     assert to_folder.in_new_process() is to_folder  # nothing to reconnect
+
+
+def test_workers_are_spawned_when_this_process_runs_threads(tmp_path: Path) -> None:
+    # fork is unsafe beside other threads, so the pool spawns fresh interpreters: everything they are given
+    # (the model loader, the capture files, the default clock) must pickle.
+    items = list_images(Target(folder=_folder(tmp_path)))
+    capture = CaptureFiles(Target(folder=tmp_path / "capture"), "e", "v")
+    stop = threading.Event()
+    neighbour = threading.Thread(target=stop.wait, daemon=True)
+    neighbour.start()
+    try:
+        out = io.StringIO()
+        summary = score_images(items, RedModel, SETTINGS, out, workers=2, batch_size=4, capture=capture)
+    finally:
+        stop.set()
+    assert (summary.scored, summary.failed) == (6, 1)
+    assert len(out.getvalue().splitlines()) == 7 and len(summary.capture_files) == 2
