@@ -116,12 +116,14 @@ def error_answer(status: HTTPStatus, reason: str, detail: str) -> InvocationAnsw
 class DynamicBatcher:
     """Runs concurrent predictions as shared ONNX Runtime batches, ``workers`` batches at a time.
 
-    One thread gathers: once a worker is free, it takes the first waiting request, then whatever else arrives
-    within ``window_s`` (up to ``max_batch`` images), and hands the batch to the free worker. Under load,
-    requests pile up while the workers are busy, so batches grow with concurrency; alone, a request waits at
-    most ``window_s``. Two workers by default: this small model is compute-bound (a batch costs about as much
-    per image as one image does), so what batching saves is per-call overhead, and a second batch running
-    beside the first is what keeps both cores busy. The queue has exactly one consumer, the gatherer.
+    One thread gathers: once a worker is free, it takes the first waiting request and whatever else is already
+    waiting (up to ``max_batch`` images) and, while another batch is running (the sign of load), whatever else
+    arrives within ``window_s``; then it hands the batch to the free worker. Under load, requests pile up while
+    the workers are busy, so batches grow with concurrency; a request that finds the model idle runs at once
+    (waiting the window then only added latency: 3.6 ms instead of 1.6 ms at concurrency 1). Two workers by
+    default: this small model is compute-bound (a batch costs about as much per image as one image does), so
+    what batching saves is per-call overhead, and a second batch running beside the first is what keeps both
+    cores busy. The queue has exactly one consumer, the gatherer.
     """
 
     def __init__(
@@ -138,7 +140,8 @@ class DynamicBatcher:
         self._free_workers = threading.BoundedSemaphore(workers)
         self._workers = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="bayroute-batch")
         self._gatherer = threading.Thread(target=self._gather, name="bayroute-batcher", daemon=True)
-        self._stats_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._running = 0  # batches in the workers
         self.batches = 0
         self.images = 0
         self._gatherer.start()
@@ -164,7 +167,10 @@ class DynamicBatcher:
             if first is None:
                 return
             group, count, stopping = [first], len(first[0]), False
-            deadline = time.perf_counter() + self._window_s
+            with self._lock:
+                window = self._window_s if self._running else 0.0
+                self._running += 1
+            deadline = time.perf_counter() + window
             while count < self._max_batch:
                 remaining = deadline - time.perf_counter()
                 try:
@@ -184,6 +190,8 @@ class DynamicBatcher:
         try:
             self._run_group(group)
         finally:
+            with self._lock:
+                self._running -= 1
             self._free_workers.release()
 
     def _run_group(self, group: list[tuple[np.ndarray, concurrent.futures.Future[np.ndarray]]]) -> None:
@@ -194,7 +202,7 @@ class DynamicBatcher:
             for _, future in group:
                 future.set_exception(exc)
             return
-        with self._stats_lock:
+        with self._lock:
             self.batches += 1
             self.images += len(batch)
         offset = 0

@@ -388,6 +388,49 @@ def test_the_batcher_runs_two_batches_at_once_on_two_workers(classifier: OnnxCla
         batcher.close()
 
 
+def test_a_request_that_finds_the_model_idle_runs_without_waiting_the_window(classifier: OnnxClassifier) -> None:
+    batcher = DynamicBatcher(classifier, window_s=30.0, workers=2)
+    try:
+        image = np.zeros((1, 32, 32, 3), dtype=np.uint8)
+        # Waiting the 30 s window would time this out.
+        assert batcher.submit(image).result(timeout=5).shape == (1, 2)
+    finally:
+        batcher.close()
+
+
+def test_while_a_batch_runs_requests_arriving_within_the_window_share_the_next_one(
+    classifier: OnnxClassifier,
+) -> None:
+    release = threading.Event()
+    inside = threading.Event()
+
+    class HoldsTheFirstBatch:
+        def __init__(self) -> None:
+            self.sizes: list[int] = []
+
+        def predict(self, images: np.ndarray) -> np.ndarray:
+            self.sizes.append(len(images))
+            if len(self.sizes) == 1:
+                inside.set()
+                assert release.wait(timeout=10)
+            return classifier.predict(images)
+
+    model = HoldsTheFirstBatch()
+    batcher = DynamicBatcher(model, window_s=0.5, workers=2)  # type: ignore[arg-type]
+    try:
+        image = np.zeros((1, 32, 32, 3), dtype=np.uint8)
+        first = batcher.submit(image)
+        assert inside.wait(timeout=5)
+        later = [batcher.submit(image) for _ in range(3)]  # the model is busy: these wait the window together
+        assert [f.result(timeout=10).shape for f in later] == [(1, 2)] * 3
+        release.set()
+        assert first.result(timeout=10).shape == (1, 2)
+        assert model.sizes == [1, 3]
+    finally:
+        release.set()
+        batcher.close()
+
+
 def test_a_batcher_needs_a_worker(classifier: OnnxClassifier) -> None:
     with pytest.raises(ValueError, match="at least one worker"):
         DynamicBatcher(classifier, workers=0)
