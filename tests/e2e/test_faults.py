@@ -64,10 +64,11 @@ class FaultyEndpoint:
         self._target = (target.hostname or "127.0.0.1", target.port or 80)
         self._lock = threading.Lock()
         self.down = False
-        self.down_after: int | None = None  # answer this many inferences, then go down
+        self.down_after: int | None = None  # answer this many images, then go down
         self.throttle_first = 0  # answer 429 to the first N calls of each image
         self.latency = 0.0
-        self.answered = 0
+        # Images, not calls: a call repeated before the outage (a retried task) must not let one image fewer through.
+        self.answered: set[str] = set()
         self.calls: dict[str, list[tuple[float, int]]] = defaultdict(list)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
@@ -91,14 +92,14 @@ class FaultyEndpoint:
         with self._lock:
             earlier = len(self.calls[digest])
             status: int | None = None
-            if self.down_after is not None and self.answered >= self.down_after:
+            if self.down_after is not None and len(self.answered) >= self.down_after and digest not in self.answered:
                 self.down, self.down_after = True, None
             if self.down:
                 status = 503
             elif earlier < self.throttle_first:
                 status = 429
             else:
-                self.answered += 1
+                self.answered.add(digest)
             self.calls[digest].append((time.monotonic(), status or 200))
         return status
 
@@ -255,7 +256,8 @@ def test_endpoint_down_mid_batch_dead_letters_then_replay_routes_everything_once
         drop(folder, images)
         took = wait_until(all_settled(folder, len(images)), 120, lambda: f"{folder.counts}")
         print(f"\noutage: {folder.counts} in {took:.1f} s; endpoint calls {sum(map(len, proxy.calls.values()))}")
-        assert (folder.counts.routed, folder.counts.dead_lettered) == (6, 14)
+        calls = {digest: [status for _, status in log] for digest, log in proxy.calls.items()}
+        assert (folder.counts.routed, folder.counts.dead_lettered) == (6, 14), f"{folder.counts}; calls: {calls}"
 
         listed = dlq("list", "--workdir", str(tmp_path), "--json")
         assert listed["count"] == 14
