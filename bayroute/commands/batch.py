@@ -77,28 +77,28 @@ def score_command(
         else None
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    with (
-        out.open("w", encoding="utf-8") as lines,
-        Progress(
-            TextColumn("[bold]scoring[/bold]"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeRemainingColumn(),
-            console=console,
-            # No refresh thread: decoding workers are forked, which is safe only in a single-threaded process.
-            auto_refresh=False,
-        ) as progress,
-    ):
-        task = progress.add_task("score", total=len(items), rate="")
+    try:
+        with (
+            out.open("w", encoding="utf-8") as lines,
+            Progress(
+                TextColumn("[bold]scoring[/bold]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(),
+                console=console,
+                # No refresh thread: worker processes are forked, which is safe only in a single-threaded process.
+                auto_refresh=False,
+            ) as progress,
+        ):
+            task = progress.add_task("score", total=len(items), rate="")
 
-        def advance(count: int) -> None:
-            elapsed = progress.tasks[task].elapsed or 0.0
-            done = progress.tasks[task].completed + count
-            progress.update(task, advance=count, rate=f"{done / elapsed:,.0f} images/s" if elapsed else "")
-            progress.refresh()
+            def advance(count: int) -> None:
+                elapsed = progress.tasks[task].elapsed or 0.0
+                done = progress.tasks[task].completed + count
+                progress.update(task, advance=count, rate=f"{done / elapsed:,.0f} images/s" if elapsed else "")
+                progress.refresh()
 
-        try:
             summary = score_images(
                 items,
                 load_model,
@@ -110,9 +110,9 @@ def score_command(
                 capture=captures,
                 progress=advance,
             )
-        except ModelFileError as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2) from exc
+    except ModelFileError as exc:  # raised where the model is first loaded: here or in a worker
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
     reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(summary.failures_by_reason.items()))
     console.print(
         f"{summary.scored} scored, {summary.failed} failed{f' ({reasons})' if reasons else ''} of {summary.total} "
