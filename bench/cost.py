@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 
-from bayroute.config import REPO_ROOT
+from bayroute.config import REPO_ROOT, load_settings
 from bench.figures import Figure, figure
 
 # Where the deploy documentation states its prices (it moved from docs/deploy.md into the README).
@@ -30,13 +30,28 @@ HOURS_PER_MONTH = 730
 MILLION = 1_000_000
 # Memory (GB) as the template sets it.
 MEMORY_GB = {"ingest": 0.25, "serialize": 1.0, "infer_lambda": 1.0, "infer_sagemaker": 0.25, "threshold": 0.25}
-# Requests per routed image (the README's cost section): S3 PUT upload + capture + result record (created,
-# then marked published); S3 GET ingest + serialize + monitor; SQS EventBridge→queue + receive/delete per 10 +
-# →outcomes; EventBridge VehicleClassified; DynamoDB idempotency write + complete; Lambda serialize + infer +
-# threshold + ingest per 10.
 # Durations the figures need (ms): ingest per message, the tasks, infer with either backend, one execution.
 DURATION_KEYS = ("ingest", "serialize", "infer_http", "infer_lambda", "threshold", "execution")
-REQUESTS = {"s3_put": 4, "s3_get": 3, "sqs": 2.2, "eventbridge": 1, "dynamodb_wru": 2, "lambda": 3.1}
+
+
+def requests_per_image(ingest_batch_size: int) -> dict[str, float]:
+    """Requests per routed image (the README's cost section): S3 PUT upload + capture + result record (created,
+    then marked published); S3 GET ingest + serialize + monitor; SQS EventBridge→queue + one receive and one
+    delete per ingest batch + →outcomes; EventBridge VehicleClassified; DynamoDB idempotency write + complete;
+    Lambda serialize + infer + threshold + one ingest invocation per batch."""
+    per_batch = 1.0 / ingest_batch_size
+    return {
+        "s3_put": 4,
+        "s3_get": 3,
+        "sqs": 2 + 2 * per_batch,
+        "eventbridge": 1,
+        "dynamodb_wru": 2,
+        "lambda": 3 + per_batch,
+    }
+
+
+# The ingest batch is the settings' (the template's event source mapping): 2.2 SQS and 3.1 Lambda requests at 10.
+REQUESTS = requests_per_image(load_settings(env={}).ingest_batch_size)
 
 
 def sagemaker_hourly_price() -> tuple[float, str]:
