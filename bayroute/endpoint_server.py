@@ -34,6 +34,8 @@ import numpy as np
 
 from bayroute.imaging import DEFAULT_MAX_PIXELS
 from bayroute.serving import (
+    DEFAULT_BATCH_WINDOW_S,
+    DEFAULT_MAX_BATCH,
     NPY_CONTENT_TYPE,
     InferenceApp,
     InvocationAnswer,
@@ -364,8 +366,8 @@ class ModelServer:
         max_request_bytes: int,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         batching: bool = False,
-        max_batch: int = 64,
-        batch_window_s: float = 0.001,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        batch_window_s: float = DEFAULT_BATCH_WINDOW_S,
     ) -> None:
         self.model = model
         self._host = host

@@ -47,6 +47,11 @@ if TYPE_CHECKING:  # the contract helpers are used where ONNX Runtime is not ins
 
 log = logging.getLogger(__name__)
 
+# Batching defaults, shared by the batcher, the app and the server: images per batch at most, and how long a
+# batch waits for company while another one runs.
+DEFAULT_MAX_BATCH = 64
+DEFAULT_BATCH_WINDOW_S = 0.001
+
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 NPY_CONTENT_TYPE = "application/x-npy"
 JSON_CONTENT_TYPE = "application/json"
@@ -127,7 +132,12 @@ class DynamicBatcher:
     """
 
     def __init__(
-        self, model: OnnxClassifier, *, max_batch: int = 64, window_s: float = 0.001, workers: int = 2
+        self,
+        model: OnnxClassifier,
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        window_s: float = DEFAULT_BATCH_WINDOW_S,
+        workers: int = 2,
     ) -> None:
         if workers < 1:
             raise ValueError(f"a batcher needs at least one worker, got {workers}")
@@ -235,8 +245,8 @@ class InferenceApp:
         *,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         batching: bool = False,
-        max_batch: int = 64,
-        batch_window_s: float = 0.001,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        batch_window_s: float = DEFAULT_BATCH_WINDOW_S,
     ) -> None:
         self.model = model
         self.max_pixels = max_pixels
