@@ -357,8 +357,9 @@ class ChunkScorer:
             "model_version": model.model_version,
             "inference_id": inference_id,
         }
+        line = json.dumps(result) + "\n"
         if self._capture is None:
-            return json.dumps(result) + "\n", None
+            return line, None
         record = capture_record(
             input_body=image.png or b"",
             input_content_type=PNG,
@@ -369,7 +370,7 @@ class ChunkScorer:
             custom_attributes=capture_attributes(model.model_version, model.labels, name, image.stats or {}),
             inference_id=inference_id,
         )
-        return json.dumps(result) + "\n", record
+        return line, record
 
 
 # The worker process's scorer, or why it could not be made (raised with the first chunk it is given, since
