@@ -1,10 +1,11 @@
 """The endpoint server over loopback: requests/s and latency at concurrency 1, 8 and 16, batching on and off.
 
-The server (``ModelServer``) runs in this process with the model on one ONNX Runtime intra-op thread; the load
-comes from another process (``bench.loadgen``) over keep-alive connections, with real 32x32 PNG bodies (what
-the infer step sends). Each repeat runs every (concurrency, batching) pair back to back, so the batching ratio
-is measured side by side, plus concurrency 16 with ONNX Runtime's default thread pool (all cores, which
-``bayroute serve`` and the local stack use today) for comparison. The server process's CPU time per answer is
+The server (``ModelServer``) runs in this process with the model on the threads ``bayroute serve`` and the
+local stack give it (``bayroute.serving.server_model_threads``: every core but one); the load comes from
+another process (``bench.loadgen``) over keep-alive connections, with real 32x32 PNG bodies (what the infer
+step sends). Each repeat runs every (concurrency, batching) pair back to back, so the batching ratio is
+measured side by side, plus concurrency 16 with ONNX Runtime's default thread pool (a thread per core) for
+comparison. The server process's CPU time per answer is
 recorded too: unlike wall-clock rates it hardly depends on what else the machine runs.
 
 The transport ceiling is the same server and load at concurrency 16 with a model that answers at once
@@ -24,6 +25,7 @@ import numpy as np
 from bayroute.config import Settings
 from bayroute.endpoint_server import ModelServer
 from bayroute.model.onnx_model import OnnxClassifier
+from bayroute.serving import server_model_threads
 from bench.figures import Figure, figure
 from bench.loadgen import LoadResult, build_requests, run_load
 
@@ -68,16 +70,17 @@ def measure(
     duration_s: float,
     model_limit_images_per_s: float | None = None,
 ) -> tuple[list[Figure], dict[str, Any]]:
-    classifier = OnnxClassifier(model_path, intra_op_threads=1, inter_op_threads=1)
+    model_threads = server_model_threads()
+    classifier = OnnxClassifier(model_path, intra_op_threads=model_threads, inter_op_threads=1)
     default_threads = OnnxClassifier(model_path)
     requests = build_requests(bodies)
     results: dict[tuple[int, bool], list[LoadResult]] = {}
     default_runs: list[LoadResult] = []
     transport_runs: list[LoadResult] = []
-    cpu_ms: dict[str, list[float]] = {"one_intra_op_thread": [], "default_threads": [], "instant_model": []}
+    cpu_ms: dict[str, list[float]] = {"server_model_threads": [], "default_threads": [], "instant_model": []}
     servers = {batching: _server(classifier, settings, batching) for batching in (False, True)}
     default_server = _server(default_threads, settings, True)
-    transport_server = _server(InstantModel(model_path, intra_op_threads=1), settings, True)
+    transport_server = _server(InstantModel(model_path, intra_op_threads=model_threads), settings, True)
     try:
         for _ in range(repeats):
             for concurrency in CONCURRENCIES:
@@ -85,7 +88,7 @@ def measure(
                     result, cpu = _run(server, requests, concurrency, duration_s)
                     results.setdefault((concurrency, batching), []).append(result)
                     if concurrency == 16 and batching:
-                        cpu_ms["one_intra_op_thread"].append(cpu)
+                        cpu_ms["server_model_threads"].append(cpu)
             result, cpu = _run(default_server, requests, 16, duration_s)
             default_runs.append(result)
             cpu_ms["default_threads"].append(cpu)
@@ -138,11 +141,11 @@ def measure(
         ),
         "errors": errors,
         "seconds_per_run": duration_s,
-        "model_threads": "1 intra-op thread (bayroute serve and the local stack use ONNX Runtime's default today)",
+        "model_threads": model_threads,
     }
     throughput_figure = figure(
         "endpoint_throughput_c16",
-        "endpoint images/s at concurrency 16, dynamic batching on, model on 1 thread",
+        f"endpoint images/s at concurrency 16, dynamic batching on, model on {model_threads} thread(s)",
         throughput,
         "images/s",
         goal=f"≥ {THROUGHPUT_GOAL:,.0f} images/s with p99 ≤ {P99_GOAL_MS:.0f} ms",

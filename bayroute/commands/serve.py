@@ -18,6 +18,7 @@ import typer
 from bayroute.config import load_settings
 from bayroute.endpoint_server import ModelServer
 from bayroute.model.onnx_model import ModelFileError, OnnxClassifier
+from bayroute.serving import server_model_threads
 
 
 def serve_command(
@@ -31,11 +32,21 @@ def serve_command(
     batching: Annotated[
         bool, typer.Option("--batching/--no-batching", help="Run concurrent requests as shared model batches.")
     ] = False,
+    model_threads: Annotated[
+        int | None,
+        typer.Option(
+            "--model-threads",
+            min=0,
+            help="ONNX Runtime intra-op threads (default: every core but one, which the server keeps; "
+            "0: ONNX Runtime's default, one per core).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the model with the SageMaker container contract: GET /ping, POST /invocations."""
     settings = load_settings()
+    threads = server_model_threads() if model_threads is None else model_threads
     try:
-        classifier = OnnxClassifier(model or settings.model_path)
+        classifier = OnnxClassifier(model or settings.model_path, intra_op_threads=threads)
     except ModelFileError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -55,7 +66,9 @@ def serve_command(
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.start()
-        typer.echo(f"serving model {classifier.model_version} ({classifier.path}) on {server.url}")
+        count = classifier.intra_op_threads
+        threads_text = "ONNX Runtime's default threads" if count == 0 else f"{count} model thread{'s' * (count != 1)}"
+        typer.echo(f"serving model {classifier.model_version} ({classifier.path}, {threads_text}) on {server.url}")
         # A bounded wait keeps the main thread responsive to signals on every platform.
         while not stopping.wait(0.5):
             pass

@@ -192,8 +192,9 @@ class LocalStack:
     def _start_model_server(self) -> str:
         from bayroute.endpoint_server import ModelServer
         from bayroute.model.onnx_model import OnnxClassifier
+        from bayroute.serving import server_model_threads
 
-        model = OnnxClassifier(self.settings.model_path)
+        model = OnnxClassifier(self.settings.model_path, intra_op_threads=server_model_threads())
         self._model_server = ModelServer(
             model, LOOPBACK, self._model_endpoint_port, max_request_bytes=self.settings.limits.max_request_bytes
         )

@@ -62,6 +62,11 @@ class OnnxClassifier:
         self.info = _read_info(self._session, path)
 
     @property
+    def intra_op_threads(self) -> int:
+        """The session's intra-op thread count as configured (0: ONNX Runtime's default, one per core)."""
+        return int(self._session.get_session_options().intra_op_num_threads)
+
+    @property
     def labels(self) -> list[str]:
         return self.info.labels
 

@@ -341,8 +341,9 @@ def test_custom_attributes_round_trip_odd_characters() -> None:
 
 
 def test_bayroute_serve_runs_in_the_foreground_until_sigterm(tiny_model_path: Path) -> None:
+    command = [sys.executable, "-m", "bayroute.commands.serve", "--model", str(tiny_model_path), "--port", "0"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "bayroute.commands.serve", "--model", str(tiny_model_path), "--port", "0"],
+        [*command, "--model-threads", "1"],
         cwd=REPO_ROOT,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
         stdout=subprocess.PIPE,
@@ -353,6 +354,7 @@ def test_bayroute_serve_runs_in_the_foreground_until_sigterm(tiny_model_path: Pa
         assert process.stdout is not None
         line = process.stdout.readline()
         assert "serving model tiny-test-1" in line, line + (process.stderr.read() if process.stderr else "")
+        assert "1 model thread)" in line  # read back from the ONNX Runtime session
         port = int(line.rsplit(":", 1)[1])
         status, _, body = _post(port, encode(Image.new("RGB", (32, 32), (250, 0, 0)), "PNG"))
         assert status == 200
