@@ -1,4 +1,5 @@
-"""``make bench``: run the benchmark suite, write ``bench/results/latest.json`` and the markdown table.
+"""``make bench``: run the benchmark suite, write ``bench/results/latest.json`` and the markdown table (into
+``bench/results/latest.md``, and into the README when every section ran with full repeats).
 
     python -m bench.run [--quick] [--only model,endpoint,batch,cold,pipeline,train] [--out PATH]
 
@@ -28,6 +29,10 @@ from bench.figures import Figure, machine_info, markdown_table
 
 DATASET = REPO_ROOT.parent / "shared" / "datasets" / "cifar100-vehicles" / "train"
 RESULTS = REPO_ROOT / "bench" / "results"
+README = REPO_ROOT / "README.md"
+# A full run (every section, full repeats) writes its table into the README between these lines.
+TABLE_START = "<!-- bench-table:start (written by make bench) -->"
+TABLE_END = "<!-- bench-table:end -->"
 SECTIONS = ("model", "endpoint", "batch", "cold", "pipeline", "train")
 ORDER = (
     "model_latency_p99_ms",
@@ -61,6 +66,14 @@ def _images() -> tuple[list[bytes], np.ndarray]:
     bodies = [path.read_bytes() for path in paths]
     arrays = np.stack([prepare_image(body, size=32, max_pixels=40_000_000).array for body in bodies])
     return bodies, arrays
+
+
+def with_table(readme: str, table: str) -> str:
+    """``readme`` with the text between its benchmark-table markers replaced by ``table``."""
+    start, end = readme.find(TABLE_START), readme.find(TABLE_END)
+    if start < 0 or end < start:
+        raise ValueError(f"the README needs the lines {TABLE_START!r} and then {TABLE_END!r} around the table")
+    return f"{readme[: start + len(TABLE_START)]}\n\n{table.strip()}\n\n{readme[end:]}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,7 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     args.out.with_suffix(".md").write_text(table, encoding="utf-8")
     print(table)
-    _say(f"wrote {args.out} and {args.out.with_suffix('.md')} in {document['suite_seconds']} s")
+    written = [str(args.out), str(args.out.with_suffix(".md"))]
+    if sections == set(SECTIONS) and not quick:
+        README.write_text(with_table(README.read_text(encoding="utf-8"), table), encoding="utf-8")
+        written.append(str(README))
+    _say(f"wrote {', '.join(written)} in {document['suite_seconds']} s")
     return 0
 
 
