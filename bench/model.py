@@ -115,8 +115,8 @@ def measure(model_path: Path, images: np.ndarray, repeats: int) -> tuple[list[Fi
     single = images[:1]
     batch = np.ascontiguousarray(np.resize(images, (BATCH, *images.shape[1:])))
     # Single images as the infer function's in-process backend runs them: ONNX Runtime's default, a thread per
-    # core (on 2 cores its two-member graph answers a fifth sooner than on one thread, measured side by side
-    # below). Every core for a batch too. PyTorch gets the same thread counts.
+    # core; one thread is measured beside it. On a quiet 2-core machine two threads answered a fifth sooner;
+    # when neighbours took cycles, no sooner. Every core for a batch too. PyTorch gets the same thread counts.
     ort_single = OnnxClassifier(model_path)
     ort_one_thread = OnnxClassifier(model_path, intra_op_threads=1, inter_op_threads=1)
     ort_batch = OnnxClassifier(model_path, inter_op_threads=1)
