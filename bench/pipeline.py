@@ -239,7 +239,6 @@ class Phase:
     missing: int
     seconds: float  # first put start → last outcome
     handler_ms: dict[str, list[float]]  # each Lambda handler's duration; "execution": serialize start → threshold end
-
     put_span_s: float  # first put start → last put end: the load generator keeping up with ``offered_per_s``
 
     @property
