@@ -11,7 +11,8 @@ patches six places, each a cache of something moto recomputes from inputs that d
    ANTLR (milliseconds of CPU). The parsed program is kept per definition text and reused. Only programs
    made of states that keep their per-run state in the evaluation environment are shared (Task, Pass,
    Choice, Wait, Succeed, Fail); a definition with a Map or Parallel state, whose components carry
-   per-run counters, is parsed afresh every time, as before.
+   per-run counters, is parsed afresh every time, as before. Every component of a shared program draws
+   the key of its per-run values before the first execution uses it (``fix_heap_keys``).
 3. ``boto_client_for`` (every Task, imported by name into each service module): builds a new boto3 client
    per call (and with it a new connection pool). Clients are kept per (region, service, endpoint) and shared;
    boto3 clients are thread-safe.
@@ -61,6 +62,8 @@ from moto.core.request import (
 )
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 from moto.stepfunctions.parser.asl.component.common.path import result_path
+from moto.stepfunctions.parser.asl.component.component import Component
+from moto.stepfunctions.parser.asl.component.eval_component import EvalComponent
 from moto.stepfunctions.parser.asl.utils import boto_client, json_path
 from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
 
@@ -139,6 +142,33 @@ def shareable(definition: str) -> bool:
     return isinstance(document, dict) and isinstance(document.get("States"), dict) and walk(document)
 
 
+def fix_heap_keys(program: Any) -> None:
+    """Give every component of a parsed program its heap key now, before executions share it.
+
+    A component keeps its per-run values (a retrier's attempt count, its backoff multiplier) in each
+    execution's heap under ``heap_key``, a random id the component draws on first use. Two executions that
+    reach the same component for the first time at once can each draw one, and the later overwrites the
+    earlier: the execution that stored its count under the lost key finds none and starts counting again (an
+    extra retry was measured: five endpoint calls where Retry allows four). Drawn here, once, the key never
+    changes.
+    """
+    seen: set[int] = set()
+    pending: list[Any] = [program]
+    while pending:
+        node = pending.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, EvalComponent):
+            node.heap_key  # noqa: B018  (the property draws the key on first access)
+        if isinstance(node, Component):
+            pending.extend(vars(node).values())
+        elif isinstance(node, list | tuple | set | frozenset):
+            pending.extend(node)
+        elif isinstance(node, dict):
+            pending.extend(node.values())
+
+
 def _cached_entrypoint(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     @functools.wraps(original)
     def _get_evaluation_entrypoint(self: Any) -> Any:
@@ -148,8 +178,9 @@ def _cached_entrypoint(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
             return program
         program = original(self)
         if shareable(definition):
+            fix_heap_keys(program)
             with _lock:
-                _programs.setdefault(definition, program)
+                program = _programs.setdefault(definition, program)
         return program
 
     return _patched(_get_evaluation_entrypoint)

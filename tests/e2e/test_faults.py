@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import itertools
 import json
 import os
 import shutil
@@ -268,7 +269,8 @@ def test_endpoint_down_mid_batch_dead_letters_then_replay_routes_everything_once
         assert dlq("list", "--workdir", str(tmp_path), "--json", "--since", "5m", "--limit", "3")["count"] == 3
         # The workflow tried each of them 4 times (3 retries) before giving up.
         failed_calls = [calls for calls in proxy.calls.values() if all(status == 503 for _, status in calls)]
-        assert sorted(map(len, failed_calls)) == [4] * 14
+        gaps = [[round(later - earlier, 2) for (earlier, _), (later, _) in itertools.pairwise(c)] for c in failed_calls]
+        assert sorted(map(len, failed_calls)) == [4] * 14, f"seconds between each image's calls: {gaps}"
 
         proxy.down = False
         report = dlq("replay", "--workdir", str(tmp_path), "--json")

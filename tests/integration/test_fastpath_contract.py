@@ -25,10 +25,13 @@ from moto.events.utils import EventTemplateParser
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from moto.stepfunctions import parser as sfn_parser
 from moto.stepfunctions.parser.asl.component.common.path import result_path
+from moto.stepfunctions.parser.asl.component.eval_component import EvalComponent
+from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
 from moto.stepfunctions.parser.asl.utils import boto_client, json_path
 from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
 from werkzeug.serving import make_server
 
+from bayroute.config import REPO_ROOT
 from bayroute.local import fastpath
 from bayroute.local.lambda_api import LambdaInvokeMiddleware, LocalFunction, function_arn
 
@@ -264,3 +267,34 @@ def test_the_interpreter_runs_in_process_with_one_program_and_one_client_per_ser
     assert functions["double"].invocations == 2
     assert fastpath.program_cached(definition)  # parsed once, run twice
     assert "lambda" in fastpath.cached_client_services()
+
+
+def test_a_shared_program_has_every_heap_key_drawn_before_executions_use_it() -> None:
+    # Executions keep a retrier's attempt count under its component's heap key, drawn on first use: two
+    # executions drawing it at once would lose one's count. A shared program has them drawn up front.
+    definition = (REPO_ROOT / "infra" / "statemachine" / "workflow.asl.json").read_text(encoding="utf-8")
+    program = AmazonStateLanguageParser.parse(definition)[0]
+
+    def components(root: Any) -> list[EvalComponent]:
+        found, pending, seen = [], [root], set()
+        while pending:
+            node = pending.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if isinstance(node, EvalComponent):
+                found.append(node)
+            if hasattr(node, "__dict__") and not isinstance(node, type):
+                pending.extend(vars(node).values())
+            elif isinstance(node, list | tuple | dict):
+                pending.extend(node.values() if isinstance(node, dict) else node)
+        return found
+
+    every = components(program)
+    retriers = [c for c in every if type(c).__name__ == "MaxAttemptsDecl"]
+    assert retriers, "the workflow's Retry blocks should parse into MaxAttemptsDecl components"
+    assert not any("_EvalComponent__heap_key" in vars(c) for c in every)
+    fastpath.fix_heap_keys(program)
+    keys = {id(c): vars(c).get("_EvalComponent__heap_key") for c in every}
+    assert all(keys.values()), [type(c).__name__ for c in every if not keys[id(c)]]
+    assert all(c.heap_key == keys[id(c)] for c in every)
