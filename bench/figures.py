@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from bayroute.serving import usable_cores
+
 
 @dataclass
 class Figure:
@@ -119,7 +121,7 @@ def machine_info(shared_note: str) -> dict[str, Any]:
     return {
         "cpu_model": _cpu_model(),
         "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "usable_cores": usable_cores(),
         "python": sys.version.split()[0],
         "onnxruntime": onnxruntime.__version__,
         "torch": torch_version,
