@@ -2,7 +2,7 @@
 
 The local stack runs the workflow on moto 5.2.5, whose hot path redoes fixed work on every request or
 execution. Measured on 2 cores with the real workflow, that work dominated each image's journey. ``apply()``
-patches six places, each a cache of something moto recomputes from inputs that do not change:
+patches nine places, each a cache or a cheaper way to something moto recomputes on every call:
 
 1. ``DomainDispatcherApplication.get_backend_for_host`` (every API request, under one global lock): lists
    moto's package folder with a ``stat`` per entry, then tries every backend URL pattern. The answer depends
@@ -26,6 +26,18 @@ patches six places, each a cache of something moto recomputes from inputs that d
 6. ``ErrorLookupFactory.for_service``: every error answer (a ``NoSuchKey``, a conditional-check failure)
    builds the service's error table from its botocore model, because ``get_error_model`` makes a new
    factory, and with it an empty cache, per call. The table depends only on the service: kept per service id.
+7. ``method_names_from_class``, as ``moto.core.responses`` binds it (every JSON-protocol request: SQS,
+   DynamoDB, EventBridge, Step Functions): lists the response class's members with ``inspect.getmembers``
+   to check that the action is one of its methods. A class's methods do not change: kept per class.
+8. ``SQSBackend.is_message_valid_based_on_retention_period`` (every message a ReceiveMessage returns): reads
+   the queue's retention period through ``get_queue_attributes``, which computes every attribute three
+   times, the message counts included, each a walk over every message in the queue; a receive from a queue
+   with a backlog costs time in the square of that backlog. It now reads the queue's retention period
+   directly, the value that attribute is built from.
+9. The deep copy of an update expression's syntax tree in moto's DynamoDB ``Validator`` (every UpdateItem,
+   the idempotency record's completion on each object): ``copy.deepcopy`` of the tree of about fifty plain
+   objects takes close to a millisecond; a pickle round trip makes the same independent copy about eight
+   times faster. Anything else that module copies still goes through ``copy.deepcopy``.
 
 And ``serve_in_process(url, app)`` short-circuits the transport: a botocore request from this process to the
 local stack's own URL (``http://127.0.0.1:PORT``, or ``http://localhost:PORT`` as the interpreter calls it) is
@@ -41,9 +53,11 @@ a moto, werkzeug or botocore upgrade moves or changes anything patched or mirror
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 import json
+import pickle
 import sys
 import threading
 import urllib.parse
@@ -51,6 +65,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import jsonpath_ng.ext as jsonpath_ext
+import moto.core.responses as moto_responses
+import moto.dynamodb.parsing.validators as dynamodb_validators
 from botocore.awsrequest import AWSPreparedRequest, AWSResponse
 from botocore.handlers import BUILTIN_HANDLERS
 from moto.core.botocore_stubber import MockRawResponse
@@ -60,7 +76,10 @@ from moto.core.request import (
     environ_key_for_header,
     should_preserve_original_header_name,
 )
+from moto.core.utils import unix_time
+from moto.dynamodb.parsing.ast_nodes import Node as DynamoExpressionNode  # type: ignore[attr-defined]
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+from moto.sqs.models import SQSBackend
 from moto.stepfunctions.parser.asl.component.common.path import result_path
 from moto.stepfunctions.parser.asl.component.component import Component
 from moto.stepfunctions.parser.asl.component.eval_component import EvalComponent
@@ -232,8 +251,38 @@ def _cached_error_lookup(original: Callable[[Any, Any], Any]) -> Callable[[Any, 
     return _patched(for_service)
 
 
+# -- 7. a response class's method names per class --------------------------------------------------------
+
+
+def _cached_method_names(original: Callable[[object], list[str]]) -> Callable[[object], list[str]]:
+    return _patched(functools.lru_cache(maxsize=None)(original))
+
+
+# -- 8. an SQS message's retention check without the queue's other attributes -----------------------------
+
+
+def _retention_check(original: Callable[[Any, str, Any], bool]) -> Callable[[Any, str, Any], bool]:
+    @functools.wraps(original)
+    def is_message_valid_based_on_retention_period(self: Any, queue_name: str, message: Any) -> bool:
+        retention_period = self.get_queue(queue_name).message_retention_period
+        return bool(retention_period + message.sent_timestamp / 1000 > unix_time())
+
+    return _patched(is_message_valid_based_on_retention_period)
+
+
+# -- 9. the DynamoDB validator's copy of an expression tree ------------------------------------------------
+
+
+@_patched
+def copy_expression_tree(value: Any, memo: dict[int, Any] | None = None) -> Any:
+    """``copy.deepcopy`` for moto's DynamoDB validators: an expression tree is copied by a pickle round trip."""
+    if memo is None and isinstance(value, DynamoExpressionNode):
+        return pickle.loads(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
+    return copy.deepcopy(value, memo)
+
+
 def apply() -> None:
-    """Install the six caches and the in-process transport hook (once per process)."""
+    """Install the nine patches and the in-process transport hook (once per process)."""
     with _lock:
         if is_applied():
             return
@@ -251,6 +300,12 @@ def apply() -> None:
         ExecutionWorker._get_evaluation_entrypoint = _cached_entrypoint(  # type: ignore[method-assign,assignment]
             ExecutionWorker._get_evaluation_entrypoint
         )
+        moto_responses.method_names_from_class = _cached_method_names(moto_responses.method_names_from_class)  # type: ignore[assignment]
+        SQSBackend.is_message_valid_based_on_retention_period = _retention_check(  # type: ignore[method-assign,assignment]
+            SQSBackend.is_message_valid_based_on_retention_period
+        )
+        dynamodb_validators.deepcopy = copy_expression_tree
+        # Last: is_applied() reads this one.
         DomainDispatcherApplication.get_backend_for_host = _cached_backend_lookup(  # type: ignore[method-assign,assignment]
             DomainDispatcherApplication.get_backend_for_host
         )

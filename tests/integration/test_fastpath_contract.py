@@ -19,10 +19,16 @@ import botocore.session
 import jsonpath_ng.ext as jsonpath_ext
 import pytest
 from botocore.config import Config
+from moto import mock_aws
 from moto.core import errors
+from moto.core import responses as moto_responses
 from moto.core.errors import ErrorLookupFactory
+from moto.dynamodb.parsing import validators as dynamodb_validators
+from moto.dynamodb.parsing.expressions import UpdateExpressionParser
 from moto.events.utils import EventTemplateParser
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from moto.sqs.models import SQSBackend, sqs_backends
+from moto.sqs.responses import SQSResponse
 from moto.stepfunctions import parser as sfn_parser
 from moto.stepfunctions.parser.asl.component.common.path import result_path
 from moto.stepfunctions.parser.asl.component.eval_component import EvalComponent
@@ -98,6 +104,14 @@ def test_every_patched_place_is_still_where_moto_keeps_it() -> None:
     # Error answers look their shape up through a new factory per call, hence the cache per service id.
     assert "ErrorLookupFactory().for_service(" in inspect.getsource(errors.get_error_model)
     assert getattr(ErrorLookupFactory.for_service, "__bayroute_fastpath__", False)
+    # What call_action asks of the cached method names, and where the retention check and the copy live.
+    assert "method_names_from_class(self.__class__)" in inspect.getsource(moto_responses.BaseResponse.call_action)
+    assert getattr(moto_responses.method_names_from_class, "__bayroute_fastpath__", False)
+    retention_check = SQSBackend.is_message_valid_based_on_retention_period
+    assert getattr(retention_check, "__bayroute_fastpath__", False)
+    assert '"MessageRetentionPeriod"' in inspect.getsource(retention_check.__wrapped__)  # type: ignore[attr-defined]
+    assert "self.node_to_validate = deepcopy(expression)" in inspect.getsource(dynamodb_validators.Validator)
+    assert dynamodb_validators.deepcopy is fastpath.copy_expression_tree
 
 
 def test_error_answers_keep_their_codes_with_the_error_table_cached() -> None:
@@ -106,6 +120,68 @@ def test_error_answers_keep_their_codes_with_the_error_table_cached() -> None:
     first = ErrorLookupFactory().for_service(model)
     assert ErrorLookupFactory().for_service(model) is first
     assert first.from_code("NoSuchKey") is not None and first.from_code("NoSuchKey").name == "NoSuchKey"
+
+
+def test_method_names_are_listed_once_per_class_and_are_the_same() -> None:
+    original = moto_responses.method_names_from_class.__wrapped__  # type: ignore[attr-defined]
+    assert moto_responses.method_names_from_class(SQSResponse) == original(SQSResponse)
+    assert "receive_message" in moto_responses.method_names_from_class(SQSResponse)
+    assert moto_responses.method_names_from_class(SQSResponse) is moto_responses.method_names_from_class(SQSResponse)
+
+
+def test_the_retention_check_agrees_with_moto_on_either_side_of_the_retention_period(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    original = SQSBackend.is_message_valid_based_on_retention_period.__wrapped__  # type: ignore[attr-defined]
+    with mock_aws():
+        sqs = boto3.client("sqs", region_name=REGION)
+        url = sqs.create_queue(QueueName="retained", Attributes={"MessageRetentionPeriod": "60"})["QueueUrl"]
+        for body in ("a", "b", "c"):
+            sqs.send_message(QueueUrl=url, MessageBody=body)
+        backend = sqs_backends["123456789012"][REGION]
+        message = backend.get_queue("retained")._messages[0]
+        sent = message.sent_timestamp / 1000
+        verdicts = []
+        for now in (sent + 1, sent + 59.5, sent + 60, sent + 61):
+            # Both checks read the clock through the name their module imported.
+            monkeypatch.setattr("moto.sqs.models.unix_time", lambda dt=None, now=now: now)
+            monkeypatch.setattr(fastpath, "unix_time", lambda dt=None, now=now: now)
+            verdicts.append(backend.is_message_valid_based_on_retention_period("retained", message))
+            assert verdicts[-1] == original(backend, "retained", message)
+        assert verdicts == [True, True, False, False]
+        monkeypatch.undo()
+        assert [m["Body"] for m in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]] == list("abc")
+
+
+def test_an_expression_tree_copy_is_equal_and_shares_no_node() -> None:
+    tree = UpdateExpressionParser.make("SET #a = :a, #b = if_not_exists(#b, :zero) + :one REMOVE #c")
+    copied = fastpath.copy_expression_tree(tree)
+    assert _shape(copied) == _shape(tree)
+    originals = {id(node) for node in _nodes(tree)}
+    assert originals.isdisjoint(id(node) for node in _nodes(copied))
+    # Anything that is not an expression tree is left to copy.deepcopy, memo included.
+    value = {"k": [1, {"x": 2}]}
+    assert fastpath.copy_expression_tree(value) == value and fastpath.copy_expression_tree(value)["k"] is not value["k"]
+
+
+def _shape(value: Any) -> Any:
+    """A tree's types and values, node for node (its nodes compare by identity; ``parent`` points back up)."""
+    if isinstance(value, list | tuple):
+        return [_shape(item) for item in value]
+    if hasattr(value, "__dict__"):
+        fields = {name: _shape(item) for name, item in vars(value).items() if name != "parent"}
+        return (type(value).__name__, fields, type(getattr(value, "parent", None)).__name__)
+    return value
+
+
+def _nodes(tree: Any) -> list[Any]:
+    found, pending = [], [tree]
+    while pending:
+        node = pending.pop()
+        if hasattr(node, "children"):
+            found.append(node)
+            pending.extend(node.children or [])
+    return found
 
 
 def test_only_definitions_without_map_or_parallel_share_one_parsed_program() -> None:
