@@ -368,10 +368,12 @@ class ModelServer:
         batching: bool = False,
         max_batch: int = DEFAULT_MAX_BATCH,
         batch_window_s: float = DEFAULT_BATCH_WINDOW_S,
+        reuse_port: bool = False,
     ) -> None:
         self.model = model
         self._host = host
         self._requested_port = port
+        self._reuse_port = reuse_port  # SO_REUSEPORT: other processes serve the same port (``endpoint_workers``)
         self._max_request_bytes = max_request_bytes
         self._app_options: dict[str, Any] = {
             "max_pixels": max_pixels,
@@ -416,7 +418,12 @@ class ModelServer:
             try:
                 self._server = loop.run_until_complete(
                     loop.create_server(
-                        lambda: _Connection(state), self._host, self._requested_port, reuse_address=True, backlog=128
+                        lambda: _Connection(state),
+                        self._host,
+                        self._requested_port,
+                        reuse_address=True,
+                        reuse_port=self._reuse_port or None,
+                        backlog=128,
                     )
                 )
             except BaseException as exc:  # handed to start()'s caller

@@ -17,8 +17,9 @@ import typer
 
 from bayroute.config import load_settings
 from bayroute.endpoint_server import ModelServer
+from bayroute.endpoint_workers import ServerWorkers, WorkerOptions, WorkerStartError
 from bayroute.model.onnx_model import ModelFileError, OnnxClassifier
-from bayroute.serving import server_model_threads
+from bayroute.serving import server_model_threads, server_workers
 
 
 def serve_command(
@@ -32,32 +33,42 @@ def serve_command(
     batching: Annotated[
         bool, typer.Option("--batching/--no-batching", help="Run concurrent requests as shared model batches.")
     ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Server processes sharing the port (default: $SAGEMAKER_MODEL_SERVER_WORKERS, else one per core).",
+        ),
+    ] = None,
     model_threads: Annotated[
         int | None,
         typer.Option(
             "--model-threads",
             min=0,
-            help="ONNX Runtime intra-op threads (default: every core but one, which the server keeps; "
-            "0: ONNX Runtime's default, one per core).",
+            help="ONNX Runtime intra-op threads per process (default: the process's share of the cores but one, "
+            "at least one; 0: ONNX Runtime's default, one per core).",
         ),
     ] = None,
 ) -> None:
     """Serve the model with the SageMaker container contract: GET /ping, POST /invocations."""
     settings = load_settings()
-    threads = server_model_threads() if model_threads is None else model_threads
     try:
-        classifier = OnnxClassifier(model or settings.model_path, intra_op_threads=threads)
-    except ModelFileError as exc:
+        processes = server_workers() if workers is None else workers
+    except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    server = ModelServer(
-        classifier,
-        settings.endpoint_host if host is None else host,
-        settings.endpoint_port if port is None else port,
+    threads = server_model_threads(workers=processes) if model_threads is None else model_threads
+    options = WorkerOptions(
+        model_path=str(model or settings.model_path),
+        host=settings.endpoint_host if host is None else host,
+        port=settings.endpoint_port if port is None else port,
         max_request_bytes=settings.limits.max_request_bytes,
         max_pixels=settings.limits.max_image_pixels,
         batching=batching,
+        model_threads=threads,
     )
+    server = _SingleProcess(options) if processes == 1 else ServerWorkers(options, processes)
     stopping = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -65,18 +76,68 @@ def serve_command(
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        server.start()
-        count = classifier.intra_op_threads
-        threads_text = "ONNX Runtime's default threads" if count == 0 else f"{count} model thread{'s' * (count != 1)}"
-        typer.echo(f"serving model {classifier.model_version} ({classifier.path}, {threads_text}) on {server.url}")
+        try:
+            server.start()
+        except (ModelFileError, WorkerStartError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        typer.echo(f"serving model {server.model_version} ({options.model_path}, {_layout(server)}) on {server.url}")
         # A bounded wait keeps the main thread responsive to signals on every platform.
         while not stopping.wait(0.5):
-            pass
+            failure = server.failed()
+            if failure is not None:
+                typer.echo(f"error: {failure}; stopping the others", err=True)
+                raise typer.Exit(1)
         typer.echo("stopping: finishing requests in progress")
     finally:
         server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+class _SingleProcess:
+    """One ``ModelServer`` in this process (``--workers 1``), with the interface of ``ServerWorkers``."""
+
+    def __init__(self, options: WorkerOptions) -> None:
+        self.options = options
+        self.workers = 1
+        self.model_version = ""
+        self.model_threads = 0
+        self._server: ModelServer | None = None
+
+    def start(self) -> None:
+        classifier = OnnxClassifier(self.options.model_path, intra_op_threads=self.options.model_threads)
+        self._server = ModelServer(
+            classifier,
+            self.options.host,
+            self.options.port,
+            max_request_bytes=self.options.max_request_bytes,
+            max_pixels=self.options.max_pixels,
+            batching=self.options.batching,
+        ).start()
+        self.model_version = classifier.model_version
+        self.model_threads = classifier.intra_op_threads
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return self._server.url
+
+    def failed(self) -> str | None:
+        return None
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+
+
+def _layout(server: _SingleProcess | ServerWorkers) -> str:
+    """How the server runs, as read back from the running processes' ONNX Runtime sessions."""
+    count = server.model_threads
+    threads = "ONNX Runtime's default threads" if count == 0 else f"{count} model thread{'s' * (count != 1)}"
+    if server.workers == 1:
+        return threads
+    return f"{server.workers} processes, {threads} each"
 
 
 def main() -> None:

@@ -343,7 +343,7 @@ def test_custom_attributes_round_trip_odd_characters() -> None:
 def test_bayroute_serve_runs_in_the_foreground_until_sigterm(tiny_model_path: Path) -> None:
     command = [sys.executable, "-m", "bayroute.commands.serve", "--model", str(tiny_model_path), "--port", "0"]
     process = subprocess.Popen(
-        [*command, "--model-threads", "1"],
+        [*command, "--workers", "1", "--model-threads", "1"],
         cwd=REPO_ROOT,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
         stdout=subprocess.PIPE,
