@@ -1,22 +1,24 @@
 """The endpoint server over loopback: requests/s and latency at concurrency 1, 8 and 16, batching on and off.
 
-The server (``ModelServer``) runs in this process with the model on the threads ``bayroute serve`` and the
-local stack give it (``bayroute.serving.server_model_threads``: every core but one); the load comes from
-another process (``bench.loadgen``) over keep-alive connections, with real 32x32 PNG bodies (what the infer
-step sends). Each repeat runs every (concurrency, batching) pair back to back, so the batching ratio is
-measured side by side, plus concurrency 16 with ONNX Runtime's default thread pool (a thread per core) for
-comparison. The server process's CPU time per answer is
-recorded too: unlike wall-clock rates it hardly depends on what else the machine runs.
+The server runs as ``bayroute serve`` runs it by default: one process per usable core sharing the port
+(``bayroute.endpoint_workers``), each with its share of the cores for its model
+(``bayroute.serving.server_model_threads``). The load comes from another process (``bench.loadgen``) over
+keep-alive connections, with real 32x32 PNG bodies (what the infer step sends). Each repeat runs every
+(concurrency, batching) pair back to back, so the batching ratio is measured side by side, and beside them,
+at concurrency 16 with batching, one server process in this process (what the local stack runs). The
+servers' CPU time per answer is recorded too (the workers' from ``/proc``): unlike wall-clock rates it hardly
+depends on what else the machine runs.
 
-The transport ceiling is the same server and load at concurrency 16 with a model that answers at once
+The transport ceiling is the same servers and load at concurrency 16 with a model that answers at once
 (``InstantModel``): what HTTP, decoding, batching and the load generator alone allow on this machine, which no
 model, however cheap, can exceed.
 """
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +26,9 @@ import numpy as np
 
 from bayroute.config import Settings
 from bayroute.endpoint_server import ModelServer
+from bayroute.endpoint_workers import ServerWorkers, WorkerOptions, load_onnx_model
 from bayroute.model.onnx_model import OnnxClassifier
-from bayroute.serving import server_model_threads
+from bayroute.serving import server_model_threads, server_workers
 from bench.figures import Figure, figure
 from bench.loadgen import LoadResult, build_requests, run_load
 
@@ -42,6 +45,11 @@ class InstantModel(OnnxClassifier):
         return np.full((count, len(self.labels)), 1.0 / len(self.labels), dtype=np.float32)
 
 
+def load_instant_model(options: WorkerOptions) -> OnnxClassifier:
+    """``InstantModel`` in each server worker (module level: spawned workers import it by name)."""
+    return InstantModel(options.model_path, intra_op_threads=options.model_threads)
+
+
 def _server(classifier: OnnxClassifier, settings: Settings, batching: bool) -> ModelServer:
     return ModelServer(
         classifier,
@@ -53,13 +61,45 @@ def _server(classifier: OnnxClassifier, settings: Settings, batching: bool) -> M
     ).start()
 
 
+def _workers(
+    model_path: Path,
+    settings: Settings,
+    batching: bool,
+    workers: int,
+    load_model: Callable[[WorkerOptions], OnnxClassifier] = load_onnx_model,
+) -> ServerWorkers:
+    options = WorkerOptions(
+        model_path=str(model_path),
+        host="127.0.0.1",
+        port=0,
+        max_request_bytes=settings.limits.max_request_bytes,
+        max_pixels=settings.limits.max_image_pixels,
+        batching=batching,
+        model_threads=server_model_threads(workers=workers),
+    )
+    return ServerWorkers(options, workers, load_model).start()
+
+
+def _cpu_seconds(pids: Sequence[int]) -> float:
+    """User and system CPU seconds of the processes ``pids`` so far (Linux ``/proc``; this process when empty)."""
+    if not pids:
+        return time.process_time()
+    ticks = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime and stime, the 14th and 15th fields
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _run(
-    server: ModelServer, requests: Sequence[bytes], concurrency: int, duration_s: float
+    server: ModelServer | ServerWorkers, requests: Sequence[bytes], concurrency: int, duration_s: float
 ) -> tuple[LoadResult, float]:
-    """One load run, and this process's CPU milliseconds per answer (the server is all this process runs)."""
-    cpu = time.process_time()
+    """One load run, and the server's CPU milliseconds per answer."""
+    pids = server.pids if isinstance(server, ServerWorkers) else []
+    cpu = _cpu_seconds(pids)
     result = run_load(server.port, requests, concurrency=concurrency, duration_s=duration_s)
-    return result, (time.process_time() - cpu) * 1000.0 / max(1, result.answers)
+    return result, (_cpu_seconds(pids) - cpu) * 1000.0 / max(1, result.answers)
 
 
 def measure(
@@ -70,17 +110,27 @@ def measure(
     duration_s: float,
     model_limit_images_per_s: float | None = None,
 ) -> tuple[list[Figure], dict[str, Any]]:
-    model_threads = server_model_threads()
-    classifier = OnnxClassifier(model_path, intra_op_threads=model_threads, inter_op_threads=1)
-    default_threads = OnnxClassifier(model_path)
+    workers = server_workers({})  # one per usable core, as `bayroute serve` runs without the SageMaker variable
+    model_threads = server_model_threads(workers=workers)
+    single_threads = server_model_threads()
     requests = build_requests(bodies)
     results: dict[tuple[int, bool], list[LoadResult]] = {}
-    default_runs: list[LoadResult] = []
-    transport_runs: list[LoadResult] = []
-    cpu_ms: dict[str, list[float]] = {"server_model_threads": [], "default_threads": [], "instant_model": []}
-    servers = {batching: _server(classifier, settings, batching) for batching in (False, True)}
-    default_server = _server(default_threads, settings, True)
-    transport_server = _server(InstantModel(model_path, intra_op_threads=model_threads), settings, True)
+    comparisons: dict[str, list[LoadResult]] = {
+        "single_process": [],
+        "transport_ceiling": [],
+        "transport_ceiling_single_process": [],
+    }
+    cpu_ms: dict[str, list[float]] = {"workers": [], **{name: [] for name in comparisons}}
+    servers = {batching: _workers(model_path, settings, batching, workers) for batching in (False, True)}
+    others: dict[str, ModelServer | ServerWorkers] = {
+        "single_process": _server(
+            OnnxClassifier(model_path, intra_op_threads=single_threads, inter_op_threads=1), settings, True
+        ),
+        "transport_ceiling": _workers(model_path, settings, True, workers, load_instant_model),
+        "transport_ceiling_single_process": _server(
+            InstantModel(model_path, intra_op_threads=single_threads), settings, True
+        ),
+    }
     try:
         for _ in range(repeats):
             for concurrency in CONCURRENCIES:
@@ -88,16 +138,14 @@ def measure(
                     result, cpu = _run(server, requests, concurrency, duration_s)
                     results.setdefault((concurrency, batching), []).append(result)
                     if concurrency == 16 and batching:
-                        cpu_ms["server_model_threads"].append(cpu)
-            result, cpu = _run(default_server, requests, 16, duration_s)
-            default_runs.append(result)
-            cpu_ms["default_threads"].append(cpu)
-            result, cpu = _run(transport_server, requests, 16, duration_s)
-            transport_runs.append(result)
-            cpu_ms["instant_model"].append(cpu)
+                        cpu_ms["workers"].append(cpu)
+            for name, other in others.items():
+                result, cpu = _run(other, requests, 16, duration_s)
+                comparisons[name].append(result)
+                cpu_ms[name].append(cpu)
     finally:
-        for server in (*servers.values(), default_server, transport_server):
-            server.stop()
+        for running in (*servers.values(), *others.values()):
+            running.stop()
 
     def table(concurrency: int, batching: bool) -> dict[str, Any]:
         runs = results[(concurrency, batching)]
@@ -118,22 +166,24 @@ def measure(
     throughput = [r.per_second for r in on]
     p99 = [r.latency_ms(99) for r in on]
     ratio = [b.per_second / d.per_second for b, d in zip(on, off, strict=True) if d.per_second > 0]
+    versus_single = [w.per_second / one.per_second for w, one in zip(on, comparisons["single_process"], strict=True)]
     errors = sum(r.errors for runs in results.values() for r in runs)
     throughput_value = float(np.median(throughput))
     details = {
         "grid": grid,
         "batching_vs_direct_c16": round(float(np.median(ratio)), 3) if ratio else None,
         "server_cpu_ms_per_answer_c16_batching": {k: round(float(np.median(v)), 3) for k, v in cpu_ms.items()},
-        "default_threads_c16_batching": {
-            "requests_per_s": round(float(np.median([r.per_second for r in default_runs])), 1),
-            "p99_ms": round(float(np.median([r.latency_ms(99) for r in default_runs])), 3),
+        # Beside the workers, same load: one server process (the local stack's), and models that cost nothing
+        # (the transport ceilings: no model, however cheap, can beat them).
+        "c16_batching_comparisons": {
+            name: {
+                "requests_per_s": round(float(np.median([r.per_second for r in runs])), 1),
+                "p99_ms": round(float(np.median([r.latency_ms(99) for r in runs])), 3),
+                "errors": sum(r.errors for r in runs),
+            }
+            for name, runs in comparisons.items()
         },
-        # The server and load generator with a model that costs nothing: no model can beat it either.
-        "transport_ceiling_c16_batching": {
-            "requests_per_s": round(float(np.median([r.per_second for r in transport_runs])), 1),
-            "p99_ms": round(float(np.median([r.latency_ms(99) for r in transport_runs])), 3),
-            "errors": sum(r.errors for r in transport_runs),
-        },
+        "workers_vs_single_process_c16": round(float(np.median(versus_single)), 3),
         # The model alone (batches of 32, all cores, from the model section): no server can beat it.
         "model_only_images_per_s": round(model_limit_images_per_s, 1) if model_limit_images_per_s else None,
         "share_of_model_only_limit": (
@@ -141,11 +191,13 @@ def measure(
         ),
         "errors": errors,
         "seconds_per_run": duration_s,
-        "model_threads": model_threads,
+        "workers": workers,
+        "model_threads_per_worker": model_threads,
     }
     throughput_figure = figure(
         "endpoint_throughput_c16",
-        f"endpoint images/s at concurrency 16, dynamic batching on, model on {model_threads} thread(s)",
+        f"endpoint images/s at concurrency 16, dynamic batching on, {workers} server process(es) with "
+        f"{model_threads} model thread(s) each",
         throughput,
         "images/s",
         goal=f"≥ {THROUGHPUT_GOAL:,.0f} images/s with p99 ≤ {P99_GOAL_MS:.0f} ms",
