@@ -10,7 +10,9 @@ Each worker is a fresh interpreter (spawned: ONNX Runtime's threads do not survi
 may run threads) that loads the model itself and binds ``host:port`` with ``SO_REUSEPORT``, so the kernel
 spreads new connections over the workers. For port 0 the parent first takes an ephemeral port with a
 ``SO_REUSEPORT`` socket that never listens (so it receives no connection) and every worker binds that port.
-Workers stop when the parent asks (``stop()``: requests in progress finish first) or when the parent is gone.
+Workers stop on SIGTERM, which ``stop()`` sends (requests in progress finish first), or when the parent is
+gone. (Not through a multiprocessing Event: setting one waits for every process that waits on it to wake, so
+a killed worker would hang the parent's ``stop()``.)
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ if TYPE_CHECKING:
 
 # How long a worker may take to import, load the model and bind (a fresh interpreter: about a second).
 START_TIMEOUT_SECONDS = 60.0
-# How often a waiting worker checks that its parent still runs.
-PARENT_CHECK_SECONDS = 1.0
+# How often a serving worker checks whether it was asked to stop or its parent is gone.
+CHECK_SECONDS = 0.2
 
 
 class WorkerStartError(RuntimeError):
@@ -79,12 +81,10 @@ def _serve(
     load_model: Callable[[WorkerOptions], OnnxClassifier],
     parent: int,
     reports: Any,
-    stop: Any,
 ) -> None:
-    """A worker process: serve until ``stop`` is set or the parent is gone."""
+    """A worker process: serve until SIGTERM or until the parent is gone."""
     # Ctrl-C reaches the whole process group: the parent decides when the workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # A SIGTERM to the whole group (docker stop with an init process) stops the worker as gracefully.
     terminated: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
     from bayroute.endpoint_server import ModelServer
@@ -105,8 +105,8 @@ def _serve(
         return
     reports.put(_Ready(os.getpid(), model.model_version, model.intra_op_threads))
     try:
-        while not stop.wait(PARENT_CHECK_SECONDS) and not terminated and os.getppid() == parent:
-            pass
+        while not terminated and os.getppid() == parent:
+            time.sleep(CHECK_SECONDS)
     finally:
         server.stop()
 
@@ -130,7 +130,6 @@ class ServerWorkers:
         self.workers = workers
         self._load_model = load_model
         self._context = multiprocessing.get_context("spawn")
-        self._stop: Any = None  # a multiprocessing Event per start
         self._processes: list[Any] = []
         self._port = 0
         self.model_version = ""
@@ -159,11 +158,10 @@ class ServerWorkers:
             self._port = port
             options = dataclasses.replace(self.options, port=port)
             reports = self._context.Queue()
-            self._stop = self._context.Event()
             self._processes = [
                 self._context.Process(
                     target=_serve,
-                    args=(options, self._load_model, os.getpid(), reports, self._stop),
+                    args=(options, self._load_model, os.getpid(), reports),
                     name=f"bayroute-endpoint-{i}",
                 )
                 for i in range(self.workers)
@@ -207,8 +205,9 @@ class ServerWorkers:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop every worker: requests in progress finish (up to ``timeout``); stragglers are killed."""
-        if self._stop is not None:
-            self._stop.set()
+        for process in self._processes:
+            if process.is_alive():
+                process.terminate()  # SIGTERM: the worker finishes its requests in progress, then exits
         deadline = time.monotonic() + timeout + 5
         for process in self._processes:
             process.join(max(0.0, deadline - time.monotonic()))

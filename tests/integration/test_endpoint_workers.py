@@ -186,3 +186,51 @@ def test_bayroute_serve_refuses_a_bad_worker_count_from_sagemaker(tiny_model_pat
     )
     assert finished.returncode == 2
     assert "SAGEMAKER_MODEL_SERVER_WORKERS must be a whole number" in finished.stderr
+
+
+def _worker_children(parent: int) -> list[int]:
+    """The spawned server workers of ``parent`` (not multiprocessing's resource tracker)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii") as stat:
+                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                command = cmdline.read()
+        except OSError:  # gone since it was listed
+            continue
+        if ppid == parent and b"spawn_main" in command and b"resource_tracker" not in command:
+            found.append(int(entry))
+    return found
+
+
+def test_bayroute_serve_stops_with_an_error_when_a_worker_dies(tiny_model_path: Path) -> None:
+    if not os.path.exists("/proc/self/stat"):
+        pytest.skip("needs /proc to find the workers")
+    command = [sys.executable, "-m", "bayroute.commands.serve", "--model", str(tiny_model_path), "--port", "0"]
+    process = subprocess.Popen(
+        [*command, "--workers", "2"],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        assert "serving model tiny-test-1" in process.stdout.readline()
+        workers = _worker_children(process.pid)
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        assert process.wait(timeout=20) == 1
+        assert f"server worker {workers[0]} exited" in process.stderr.read()
+        deadline = time.monotonic() + 10
+        while _alive(workers[1]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(workers[1])  # the other worker was stopped, not left holding the port
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
