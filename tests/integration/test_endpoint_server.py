@@ -5,11 +5,8 @@ from __future__ import annotations
 import http.client
 import io
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +17,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bayroute.config import REPO_ROOT
 from bayroute.endpoint_server import ModelServer
 from bayroute.model.onnx_model import OnnxClassifier
 from bayroute.serving import (
@@ -33,6 +29,7 @@ from bayroute.serving import (
 )
 from tests.fixtures_model import model_fixture, tiny_model_fixture  # noqa: F401  (pytest fixtures)
 from tests.hostile import OK, HostileCase, encode, hostile_cases
+from tests.serve_process import first_line, serve_process
 
 MAX_REQUEST_BYTES = 6 * 1024 * 1024
 
@@ -341,19 +338,9 @@ def test_custom_attributes_round_trip_odd_characters() -> None:
 
 
 def test_bayroute_serve_runs_in_the_foreground_until_sigterm(tiny_model_path: Path) -> None:
-    command = [sys.executable, "-m", "bayroute.commands.serve", "--model", str(tiny_model_path), "--port", "0"]
-    process = subprocess.Popen(
-        [*command, "--workers", "1", "--model-threads", "1"],
-        cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        assert "serving model tiny-test-1" in line, line + (process.stderr.read() if process.stderr else "")
+    with serve_process(tiny_model_path, "--workers", "1", "--model-threads", "1") as process:
+        line = first_line(process)
+        assert "serving model tiny-test-1" in line
         assert "1 model thread)" in line  # read back from the ONNX Runtime session
         port = int(line.rsplit(":", 1)[1])
         status, _, body = _post(port, encode(Image.new("RGB", (32, 32), (250, 0, 0)), "PNG"))
@@ -361,10 +348,6 @@ def test_bayroute_serve_runs_in_the_foreground_until_sigterm(tiny_model_path: Pa
         assert json.loads(body)[0] > 0.9  # the tiny model calls red "bicycle"
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def test_the_batcher_runs_two_batches_at_once_on_two_workers(classifier: OnnxClassifier) -> None:

@@ -20,6 +20,7 @@ from bayroute.config import REPO_ROOT
 from bayroute.endpoint_workers import ServerWorkers, WorkerOptions, WorkerStartError
 from tests.fixtures_model import tiny_model_fixture  # noqa: F401  (pytest fixture)
 from tests.hostile import encode
+from tests.serve_process import first_line, serve_process
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="this platform has no SO_REUSEPORT")
 
@@ -146,19 +147,9 @@ def test_a_worker_whose_parent_is_gone_stops_by_itself(tiny_model_path: Path) ->
 
 
 def test_bayroute_serve_with_two_workers_serves_and_stops_on_sigterm(tiny_model_path: Path) -> None:
-    command = [sys.executable, "-m", "bayroute.commands.serve", "--model", str(tiny_model_path), "--port", "0"]
-    process = subprocess.Popen(
-        [*command, "--workers", "2"],
-        cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        assert "serving model tiny-test-1" in line, line + (process.stderr.read() if process.stderr else "")
+    with serve_process(tiny_model_path, "--workers", "2") as process:
+        line = first_line(process)
+        assert "serving model tiny-test-1" in line
         assert "2 processes, 1 model thread each)" in line  # read back from the workers' sessions
         port = int(line.rsplit(":", 1)[1])
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -169,10 +160,6 @@ def test_bayroute_serve_with_two_workers_serves_and_stops_on_sigterm(tiny_model_
         assert process.wait(timeout=20) == 0
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def test_bayroute_serve_refuses_a_bad_worker_count_from_sagemaker(tiny_model_path: Path) -> None:
@@ -209,28 +196,15 @@ def _worker_children(parent: int) -> list[int]:
 def test_bayroute_serve_stops_with_an_error_when_a_worker_dies(tiny_model_path: Path) -> None:
     if not os.path.exists("/proc/self/stat"):
         pytest.skip("needs /proc to find the workers")
-    command = [sys.executable, "-m", "bayroute.commands.serve", "--model", str(tiny_model_path), "--port", "0"]
-    process = subprocess.Popen(
-        [*command, "--workers", "2"],
-        cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None and process.stderr is not None
-        assert "serving model tiny-test-1" in process.stdout.readline()
+    with serve_process(tiny_model_path, "--workers", "2") as process:
+        first_line(process)
         workers = _worker_children(process.pid)
         assert len(workers) == 2
         os.kill(workers[0], signal.SIGKILL)
         assert process.wait(timeout=20) == 1
+        assert process.stderr is not None
         assert f"server worker {workers[0]} exited" in process.stderr.read()
         deadline = time.monotonic() + 10
         while _alive(workers[1]) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not _alive(workers[1])  # the other worker was stopped, not left holding the port
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
