@@ -33,19 +33,30 @@ def torch_graph(model_path: Path) -> Any:
     from onnx import numpy_helper
 
     from training.export import ServingGraph
-    from training.model import LogitMean, ResNet9
+    from training.model import GroupedResNet9, LogitMean, ResNet9
 
     proto = onnx.load(str(model_path))
     metadata = {p.key: p.value for p in proto.metadata_props}
     weights = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in proto.graph.initializer}
     labels = json.loads(metadata["labels"])
-    # A single network's weights are "network.features...", a seed ensemble's "network.members.<k>.features...".
+    # One network's weights are "network.features...": a ResNet9, or a seed ensemble fused into one network with
+    # grouped convolutions (its second convolution reads a member's share of the first one's channels).
+    # Ensembles exported before the fusion: "network.members.<k>.features...".
     first_layers = sorted(name for name in weights if name.endswith("features.0.0.weight"))
     if not first_layers:
         raise RuntimeError(f"{model_path} holds no ResNet9 weights")
-    width = int(weights[first_layers[0]].shape[0])
-    members: list[torch.nn.Module] = [ResNet9(len(labels), width=width) for _ in first_layers]
-    network = members[0] if first_layers == ["network.features.0.0.weight"] else LogitMean(members)
+    network: torch.nn.Module
+    if first_layers == ["network.features.0.0.weight"]:
+        channels = int(weights[first_layers[0]].shape[0])
+        members = channels // int(weights["network.features.1.0.weight"].shape[1])
+        network = (
+            ResNet9(len(labels), width=channels)
+            if members == 1
+            else GroupedResNet9(len(labels), channels // members, members)
+        )
+    else:
+        width = int(weights[first_layers[0]].shape[0])
+        network = LogitMean([ResNet9(len(labels), width=width) for _ in first_layers])
     graph = ServingGraph(
         network,
         json.loads(metadata["mean"]),

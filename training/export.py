@@ -1,8 +1,9 @@
 """Export a training run to the served ONNX file (see ``bayroute.model.onnx_model`` for the contract).
 
 The graph takes uint8 NHWC RGB images and does everything else itself: float conversion, normalisation,
-layout change, the network (for a seed ensemble, the mean of its members' logits), optional left-right flip
-averaging of the logits, temperature and softmax.
+layout change, the network (for a seed ensemble, the mean of its members' logits, computed by one network
+with grouped convolutions: ``training.model.fuse_members``), optional left-right flip averaging of the
+logits, temperature and softmax.
 After writing, ONNX Runtime's output is compared with PyTorch's and a mismatch fails the export.
 """
 
@@ -23,6 +24,7 @@ from torch import nn
 
 from training.baseline import drift_baseline
 from training.folder import FolderDataset
+from training.model import fuse_members
 from training.train import TrainingRun
 
 OPSET = 18
@@ -71,7 +73,7 @@ def export_run(
 ) -> dict[str, str]:
     """Write ``out_path`` (a single .onnx file) and return the metadata it carries."""
     network = run.model.cpu().eval()
-    graph = ServingGraph(network, run.mean, run.std, run.temperature, run.config.tta_flip).eval()
+    graph = ServingGraph(fuse_members(network), run.mean, run.std, run.temperature, run.config.tta_flip).eval()
     height, width = dataset.images.shape[1:3]
     val_images = dataset.images[run.val_indices]
     training_info = {"data": data_name, "command": command, "seed": run.config.seed, "epochs": run.config.epochs}

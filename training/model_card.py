@@ -37,8 +37,9 @@ def render_model_card(metadata: dict[str, str], *, model_bytes: int, total_time_
         accuracies = ", ".join(_percent(a) for a in training["member_val_accuracy"])
         ensemble = (
             f"\n- Seed ensemble: {members} members (seeds {training['seed']} to {training['seed'] + members - 1}),"
-            f" each the recipe above (validation accuracy {accuracies}); the graph averages their logits, then"
-            " applies the one temperature fitted on those averaged validation logits."
+            f" each the recipe above (validation accuracy {accuracies}); the graph runs them as one network with"
+            " grouped convolutions, averages their logits, then applies the one temperature fitted on those"
+            " averaged validation logits."
         )
     threshold_99 = operating_point["threshold"]
     tta = "no test-time augmentation, " if metadata["tta"] == "none" else f"{metadata['tta']} test-time augmentation, "

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -75,6 +77,15 @@ def test_seed_ensemble_exports_to_one_onnx_file_that_matches_torch(small_data: P
 
     assert isinstance(result.run.model, LogitMean)
     assert sorted(p.name for p in result.model_path.parent.iterdir()) == ["MODEL_CARD.md", "model.onnx"]
+    # The members run as one network: every convolution after the first is grouped by member.
+    groups = [
+        attribute.i
+        for node in onnx.load(str(result.model_path)).graph.node
+        if node.op_type == "Conv"
+        for attribute in node.attribute
+        if attribute.name == "group"
+    ]
+    assert groups.count(2) == 7 and not any(name.startswith("network.members") for name in _initializers(result))
     classifier = OnnxClassifier(result.model_path)
     training = classifier.info.json_field("training")
     assert training["ensemble"] == training["config"]["ensemble"] == 2
@@ -84,6 +95,10 @@ def test_seed_ensemble_exports_to_one_onnx_file_that_matches_torch(small_data: P
     # One temperature over the averaged logits, flip TTA kept: the file reproduces the reported probabilities.
     images = load_folder_dataset(small_data).images[result.run.val_indices]
     assert np.abs(classifier.predict(images) - result.run.val_probabilities).max() < 1e-4
+
+
+def _initializers(result: Any) -> list[str]:
+    return [initializer.name for initializer in onnx.load(str(result.model_path)).graph.initializer]
 
 
 def test_train_command_rejects_an_unknown_device(small_data: Path, tmp_path: Path) -> None:
