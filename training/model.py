@@ -28,6 +28,21 @@ class _Residual(nn.Module):
         return x + self.body(x)
 
 
+def _features(channels: int, groups: int) -> nn.Sequential:
+    """ResNet9's convolutions, ``channels`` wide at the first; ``groups`` > 1 runs that many networks side by side
+    (every convolution after the first grouped: the first reads the one image all of them share)."""
+    return nn.Sequential(
+        _conv_bn(3, channels),
+        _conv_bn(channels, 2 * channels, pool=True, groups=groups),
+        _Residual(2 * channels, groups=groups),
+        _conv_bn(2 * channels, 4 * channels, pool=True, groups=groups),
+        _conv_bn(4 * channels, 8 * channels, pool=True, groups=groups),
+        _Residual(8 * channels, groups=groups),
+        nn.AdaptiveMaxPool2d(1),
+        nn.Flatten(),
+    )
+
+
 class ResNet9(nn.Module):
     """Takes normalised float NCHW images, returns logits [N, num_classes].
 
@@ -38,16 +53,7 @@ class ResNet9(nn.Module):
     def __init__(self, num_classes: int, width: int = 16) -> None:
         super().__init__()
         self.width = width
-        self.features = nn.Sequential(
-            _conv_bn(3, width),
-            _conv_bn(width, 2 * width, pool=True),
-            _Residual(2 * width),
-            _conv_bn(2 * width, 4 * width, pool=True),
-            _conv_bn(4 * width, 8 * width, pool=True),
-            _Residual(8 * width),
-            nn.AdaptiveMaxPool2d(1),
-            nn.Flatten(),
-        )
+        self.features = _features(width, groups=1)
         self.classifier = nn.Linear(8 * width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,16 +91,7 @@ class GroupedResNet9(nn.Module):
         self.width = width
         self.members = members
         channels = width * members
-        self.features = nn.Sequential(
-            _conv_bn(3, channels),  # every member reads the same image: one convolution with all their filters
-            _conv_bn(channels, 2 * channels, pool=True, groups=members),
-            _Residual(2 * channels, groups=members),
-            _conv_bn(2 * channels, 4 * channels, pool=True, groups=members),
-            _conv_bn(4 * channels, 8 * channels, pool=True, groups=members),
-            _Residual(8 * channels, groups=members),
-            nn.AdaptiveMaxPool2d(1),
-            nn.Flatten(),
-        )
+        self.features = _features(channels, groups=members)
         self.classifier = nn.Linear(8 * channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
