@@ -80,6 +80,11 @@ def _http_answer(status: int, body: bytes, content_type: str, headers: Mapping[s
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
+def endpoint_url(host: str, port: int) -> str:
+    """The URL a client on this machine reaches a server bound to ``host:port`` at (all interfaces: loopback)."""
+    return f"http://{'127.0.0.1' if host in ('', '0.0.0.0') else host}:{port}"
+
+
 def _decodes_quickly(body: bytes, media: str) -> bool:
     """Whether decoding ``body`` takes well under a millisecond: a small PNG (the workflow's payload) or a small
     npy array. Anything else (photos, other formats) is decoded on a worker thread."""
@@ -394,8 +399,7 @@ class ModelServer:
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self._host in ("", "0.0.0.0") else self._host
-        return f"http://{host}:{self.port}"
+        return endpoint_url(self._host, self.port)
 
     @property
     def app(self) -> InferenceApp:

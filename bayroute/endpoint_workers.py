@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from bayroute.endpoint_server import ModelServer, endpoint_url
+
 if TYPE_CHECKING:
     from bayroute.model.onnx_model import OnnxClassifier
 
@@ -76,6 +78,19 @@ def load_onnx_model(options: WorkerOptions) -> OnnxClassifier:
     return OnnxClassifier(options.model_path, intra_op_threads=options.model_threads)
 
 
+def model_server(model: OnnxClassifier, options: WorkerOptions, *, reuse_port: bool = False) -> ModelServer:
+    """The ``ModelServer`` the options describe, serving ``model`` (not started)."""
+    return ModelServer(
+        model,
+        options.host,
+        options.port,
+        max_request_bytes=options.max_request_bytes,
+        max_pixels=options.max_pixels,
+        batching=options.batching,
+        reuse_port=reuse_port,
+    )
+
+
 def _serve(
     options: WorkerOptions,
     load_model: Callable[[WorkerOptions], OnnxClassifier],
@@ -87,19 +102,9 @@ def _serve(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     terminated: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
-    from bayroute.endpoint_server import ModelServer
-
     try:
         model = load_model(options)
-        server = ModelServer(
-            model,
-            options.host,
-            options.port,
-            max_request_bytes=options.max_request_bytes,
-            max_pixels=options.max_pixels,
-            batching=options.batching,
-            reuse_port=True,
-        ).start()
+        server = model_server(model, options, reuse_port=True).start()
     except Exception as exc:  # handed to the parent, which stops every worker and raises it
         reports.put(_Failed(os.getpid(), str(exc) or type(exc).__name__))
         return
@@ -143,8 +148,7 @@ class ServerWorkers:
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.options.host in ("", "0.0.0.0") else self.options.host
-        return f"http://{host}:{self.port}"
+        return endpoint_url(self.options.host, self.port)
 
     @property
     def pids(self) -> list[int]:

@@ -17,7 +17,7 @@ import typer
 
 from bayroute.config import load_settings
 from bayroute.endpoint_server import ModelServer
-from bayroute.endpoint_workers import ServerWorkers, WorkerOptions, WorkerStartError
+from bayroute.endpoint_workers import ServerWorkers, WorkerOptions, WorkerStartError, load_onnx_model, model_server
 from bayroute.model.onnx_model import ModelFileError, OnnxClassifier
 from bayroute.serving import server_model_threads, server_workers
 
@@ -98,29 +98,31 @@ def serve_command(
 class _SingleProcess:
     """One ``ModelServer`` in this process (``--workers 1``), with the interface of ``ServerWorkers``."""
 
+    workers = 1
+
     def __init__(self, options: WorkerOptions) -> None:
         self.options = options
-        self.workers = 1
-        self.model_version = ""
-        self.model_threads = 0
         self._server: ModelServer | None = None
 
     def start(self) -> None:
-        classifier = OnnxClassifier(self.options.model_path, intra_op_threads=self.options.model_threads)
-        self._server = ModelServer(
-            classifier,
-            self.options.host,
-            self.options.port,
-            max_request_bytes=self.options.max_request_bytes,
-            max_pixels=self.options.max_pixels,
-            batching=self.options.batching,
-        ).start()
-        self.model_version = classifier.model_version
-        self.model_threads = classifier.intra_op_threads
+        self._server = model_server(load_onnx_model(self.options), self.options).start()
+
+    @property
+    def _model(self) -> OnnxClassifier:
+        assert self._server is not None, "the server is not started"
+        return self._server.model
+
+    @property
+    def model_version(self) -> str:
+        return self._model.model_version
+
+    @property
+    def model_threads(self) -> int:
+        return self._model.intra_op_threads
 
     @property
     def url(self) -> str:
-        assert self._server is not None
+        assert self._server is not None, "the server is not started"
         return self._server.url
 
     def failed(self) -> str | None:
