@@ -66,10 +66,13 @@ def torch_graph(model_path: Path) -> Any:
     )
     state = graph.state_dict()
     weights.update(_unfused_batch_norms(graph, weights))
-    missing = [name for name in state if name not in weights and not name.endswith("num_batches_tracked")]
+    # Only the network's weights come from the graph: the normalisation constants were built from the metadata
+    # above, and a file's own copies have the layout of the graph that wrote it.
+    network_names = [name for name in state if name.startswith("network.") and not name.endswith("num_batches_tracked")]
+    missing = [name for name in network_names if name not in weights]
     if missing:
         raise RuntimeError(f"{model_path} lacks torch weights {missing[:5]}: it was not exported from ResNet9")
-    graph.load_state_dict({name: weights.get(name, state[name]) for name in state})
+    graph.load_state_dict({name: weights[name] if name in network_names else state[name] for name in state})
     return graph.eval()
 
 

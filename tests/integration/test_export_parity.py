@@ -64,6 +64,7 @@ def test_one_epoch_model_exports_and_onnx_runtime_matches_torch(small_data: Path
     assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     # The validation probabilities stored for the report are what the served file computes.
     assert np.abs(probabilities - result.run.val_probabilities).max() < 1e-4
+    assert_normalises_channel_planes(result.model_path)
 
 
 def test_seed_ensemble_exports_to_one_onnx_file_that_matches_torch(small_data: Path, tmp_path: Path) -> None:
@@ -95,6 +96,16 @@ def test_seed_ensemble_exports_to_one_onnx_file_that_matches_torch(small_data: P
     # One temperature over the averaged logits, flip TTA kept: the file reproduces the reported probabilities.
     images = load_folder_dataset(small_data).images[result.run.val_indices]
     assert np.abs(classifier.predict(images) - result.run.val_probabilities).max() < 1e-4
+
+
+def assert_normalises_channel_planes(model_path: Path) -> None:
+    """The graph transposes the uint8 input first and normalises [1, 3, 1, 1] planes (see ServingGraph: speed)."""
+    graph = onnx.load(str(model_path)).graph
+    head = graph.node[:4]
+    assert [node.op_type for node in head] == ["Transpose", "Cast", "Sub", "Div"]
+    assert list(head[0].input) == ["images"]
+    shapes = {initializer.name: list(initializer.dims) for initializer in graph.initializer}
+    assert shapes[head[2].input[1]] == shapes[head[3].input[1]] == [1, 3, 1, 1]
 
 
 def _initializers(result: Any) -> list[str]:
@@ -134,6 +145,7 @@ def test_committed_default_model_classifies_the_validation_split(default_model: 
     # The card's numbers are the file's numbers on the same split.
     assert accuracy == pytest.approx(training["validation"]["accuracy"])
     assert json.loads(classifier.info.metadata["mean"]) == pytest.approx(training_mean(dataset, val_idx), rel=1e-6)
+    assert_normalises_channel_planes(default_model)
 
 
 def training_mean(dataset: FolderDataset, val_idx: np.ndarray) -> list[float]:
