@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         found, _ = batch_scoring.measure(DATASET, settings.model_path, settings, workers=2, repeats=1 if quick else 5)
         figures += found
     if "cold" in sections:
-        _say("cold start: fresh processes running the infer handler with the in-Lambda backend")
-        found, extra = coldstart.measure(settings, bodies[0], repeats=2 if quick else 5)
+        _say("cold start: a fresh process per function, to its first answer (infer with the in-Lambda backend)")
+        found, extra = coldstart.measure(settings, routable[0], repeats=2 if quick else 5)
         figures += found
         extras.update(extra)
     if "pipeline" in sections:
