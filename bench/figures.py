@@ -8,10 +8,12 @@ both sides were measured side by side in the same run.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import statistics
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -108,6 +110,24 @@ def _load_average() -> list[float] | None:
         return None
 
 
+SPEED_CHECK_TRIES = 5
+SPEED_CHECK_CALLS = 5_000
+
+
+def speed_check_ms() -> float:
+    """Milliseconds for a fixed piece of pure-Python work (JSON encoding, as the local stack does per call;
+    the median of a few tries). On a shared machine the same code runs up to 2.5 times slower at some hours than
+    at others; this says how fast the machine was, so that runs can be compared."""
+    document = {"request": {"bucket": "inbox", "key": "yard/a.png", "size": 2048}, "probabilities": [0.25] * 8}
+    tries = []
+    for _ in range(SPEED_CHECK_TRIES):
+        started = time.perf_counter()
+        for _ in range(SPEED_CHECK_CALLS):
+            json.loads(json.dumps(document))
+        tries.append((time.perf_counter() - started) * 1000.0)
+    return round(statistics.median(tries), 1)
+
+
 def machine_info(shared_note: str) -> dict[str, Any]:
     """The machine the figures were measured on, and how busy it was."""
     import onnxruntime
@@ -128,6 +148,7 @@ def machine_info(shared_note: str) -> dict[str, Any]:
         "platform": platform.platform(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "load_average_at_start": _load_average(),
+        "speed_check_ms_at_start": speed_check_ms(),
         "shared": shared_note,
     }
 
@@ -171,4 +192,10 @@ def markdown_table(figures: Sequence[Figure], machine: dict[str, Any]) -> str:
         + (f"; load average at start {load}" if load else "")
         + f". {machine['shared']}",
     ]
+    speed = [machine.get(f"speed_check_ms_at_{moment}") for moment in ("start", "end")]
+    if all(value is not None for value in speed):
+        lines[-1] += (
+            f" Machine speed: {SPEED_CHECK_CALLS:,} JSON round trips of a small document took {speed[0]} ms at the"
+            f" start and {speed[1]} ms at the end of the run (`bench.figures.speed_check_ms`; lower is faster)."
+        )
     return "\n".join(lines) + "\n"

@@ -25,7 +25,7 @@ from bayroute.config import REPO_ROOT, load_settings
 from bayroute.imaging import prepare_image
 from bayroute.model.onnx_model import OnnxClassifier
 from bench import batch_scoring, coldstart, cost, endpoint, model, pipeline, train_figures
-from bench.figures import Figure, machine_info, markdown_table
+from bench.figures import Figure, machine_info, markdown_table, speed_check_ms
 
 DATASET = REPO_ROOT.parent / "shared" / "datasets" / "cifar100-vehicles" / "train"
 RESULTS = REPO_ROOT / "bench" / "results"
@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             extras.get("endpoint_c16_images_per_s"),
         )
 
+    machine["speed_check_ms_at_end"] = speed_check_ms()
     figures.sort(key=lambda entry: ORDER.index(entry.key))
     table = markdown_table(figures, machine)
     document = {
