@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -51,9 +52,13 @@ def measure(settings: Settings, png: bytes, repeats: int) -> tuple[list[Figure],
     server.start()
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in FUNCTIONS}
     warm: list[float] = []
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
     try:
-        host, port = server.get_host_and_port()
-        url = f"http://{host}:{port}"
+        # moto's backends and settings belong to the whole process: a local stack that ran before may have left
+        # its interpreter on, and an execution that ingest starts here must stay a record, not run (and
+        # dead-letter) in the background after this server has stopped.
+        _post_json(f"{url}/moto-api/config", {"stepfunctions": {"execute_state_machine": False}})
         s3 = _provision(settings, url)
         env = {
             **os.environ,
@@ -88,6 +93,7 @@ def measure(settings: Settings, png: bytes, repeats: int) -> tuple[list[Figure],
                 runs[name].append(report["times"])
                 warm.extend(report["warm_ms"])
     finally:
+        _post_json(f"{url}/moto-api/reset", {})  # nothing of this run stays in the process's moto backends
         server.stop()
 
     def breakdown(name: str) -> dict[str, float]:
@@ -110,6 +116,14 @@ def measure(settings: Settings, png: bytes, repeats: int) -> tuple[list[Figure],
         digits=1,
     )
     return [cold], {"warm_infer_lambda_ms": float(np.median(warm)) if warm else None}
+
+
+def _post_json(url: str, body: dict[str, Any]) -> None:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read()
 
 
 def _aws_environment(url: str) -> dict[str, str]:
