@@ -30,7 +30,6 @@ import numpy as np
 
 from bayroute.adapters import endpoint as endpoint_adapter
 from bayroute.config import Settings
-from bayroute.local import fastpath
 from bayroute.local.stack import LocalStack
 from bench.figures import Figure, figure, percentile
 
@@ -332,7 +331,6 @@ def measure(
     single_count: int,
     sustained_seconds: float,
     burst_count: int,
-    use_fastpath: bool = True,
 ) -> tuple[list[Figure], dict[str, Any]]:
     timings = Timings()
     phases: dict[str, list[Phase]] = {"one_per_second": [], "sustained": [], "burst": []}
@@ -343,15 +341,8 @@ def measure(
         return [(f"bench/{tag}-{next(counter):05d}.png", routable_pngs[i % len(routable_pngs)]) for i in range(count)]
 
     started = time.perf_counter()
-    if use_fastpath:
-        fastpath.apply()  # before the stack builds its clients (the local stack does it too, once wired)
     with LocalStack(settings) as stack:
         startup_s = time.perf_counter() - started
-        fastpath_by = "off" if not use_fastpath else "the local stack"
-        if use_fastpath and not fastpath.serving_in_process(stack.aws_endpoint_url):
-            # Until bayroute/local/stack.py calls it itself: the same call on the stack's application.
-            fastpath.serve_in_process(stack.aws_endpoint_url, stack._server.app)  # type: ignore[union-attr]
-            fastpath_by = "the bench (bayroute/local/stack.py does not call it yet)"
         restore = _instrument(stack, timings)
         try:
             assert stack.resources is not None
@@ -384,7 +375,6 @@ def measure(
     lost = sum(p.missing for runs in phases.values() for p in runs)
     details = {
         "stack_startup_s": round(startup_s, 2),
-        "fastpath_applied_by": fastpath_by,
         "phases": {name: [p.summary() for p in runs] for name, runs in phases.items()},
         "objects_without_outcome": lost,
         "stopped_early": aborted,
