@@ -25,7 +25,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -33,13 +32,14 @@ import numpy as np
 
 from bayroute.config import REPO_ROOT, Settings
 from bayroute.domain import utc_now
+from bayroute.local.lambda_api import REGION
+from bayroute.local.provision import WORKFLOW_DEFINITION
+from bayroute.local.stack import local_aws_environment, reset_moto, run_state_machines
 from bench.figures import Figure, figure
 
 GOAL_MS = 250.0
 WARM_CALLS = 30
-REGION = "us-east-1"
 FUNCTIONS = ("ingest", "serialize", "infer", "threshold", "monitor")
-PREDICTION_FIELDS = ("labels", "probabilities", "model_version", "inference_id", "top_class", "confidence")
 
 
 def measure(settings: Settings, png: bytes, repeats: int) -> tuple[list[Figure], dict[str, Any]]:
@@ -58,13 +58,14 @@ def measure(settings: Settings, png: bytes, repeats: int) -> tuple[list[Figure],
         # moto's backends and settings belong to the whole process: a local stack that ran before may have left
         # its interpreter on, and an execution that ingest starts here must stay a record, not run (and
         # dead-letter) in the background after this server has stopped.
-        _post_json(f"{url}/moto-api/config", {"stepfunctions": {"execute_state_machine": False}})
+        run_state_machines(url, False)
         s3 = _provision(settings, url)
+        states = json.loads(WORKFLOW_DEFINITION.read_text(encoding="utf-8"))["States"]
         env = {
             **os.environ,
             **settings.to_env(),
             "BAYROUTE_INFERENCE_BACKEND": "lambda",
-            **_aws_environment(url),
+            **local_aws_environment(url),
             "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_METRICS_DISABLED": "true",
             "POWERTOOLS_LOG_LEVEL": "WARNING",
@@ -85,7 +86,7 @@ def measure(settings: Settings, png: bytes, repeats: int) -> tuple[list[Figure],
             answers: dict[str, Any] = {}
             for name in FUNCTIONS:
                 warm_calls = WARM_CALLS if index == repeats - 1 and name == "infer" else 0
-                report = _cold_start(name, settings, _event(name, request, answers), env, warm_calls)
+                report = _cold_start(name, settings, _event(name, request, answers, states), env, warm_calls)
                 if report["error"] is not None or (name == "ingest" and report["answer"].get("status") != "started"):
                     outcome = report["error"] or report["answer"]
                     raise RuntimeError(f"{name}'s first answer was not the workflow's: {outcome}")
@@ -93,7 +94,7 @@ def measure(settings: Settings, png: bytes, repeats: int) -> tuple[list[Figure],
                 runs[name].append(report["times"])
                 warm.extend(report["warm_ms"])
     finally:
-        _post_json(f"{url}/moto-api/reset", {})  # nothing of this run stays in the process's moto backends
+        reset_moto(url)  # nothing of this run stays in the process's moto backends
         server.stop()
 
     def breakdown(name: str) -> dict[str, float]:
@@ -118,24 +119,6 @@ def measure(settings: Settings, png: bytes, repeats: int) -> tuple[list[Figure],
     return [cold], {"warm_infer_lambda_ms": float(np.median(warm)) if warm else None}
 
 
-def _post_json(url: str, body: dict[str, Any]) -> None:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        response.read()
-
-
-def _aws_environment(url: str) -> dict[str, str]:
-    return {
-        "AWS_ENDPOINT_URL": url,
-        "AWS_ACCESS_KEY_ID": "local",
-        "AWS_SECRET_ACCESS_KEY": "local",
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_REGION": REGION,
-    }
-
-
 @contextlib.contextmanager
 def _environment(values: Mapping[str, str]) -> Iterator[None]:
     saved = {key: os.environ.get(key) for key in values}
@@ -156,14 +139,24 @@ def _provision(settings: Settings, url: str) -> Any:
 
     from bayroute.local.provision import provision
 
-    with _environment(_aws_environment(url)):
+    with _environment(local_aws_environment(url)):
         session = boto3.Session(region_name=REGION)
         provision(session, settings)
         return session.client("s3")
 
 
-def _event(name: str, request: dict[str, Any], answers: Mapping[str, Any]) -> dict[str, Any]:
-    """What ``name`` is invoked with for the object of ``request``, built from the answers before it."""
+def _selected(state: Mapping[str, Any], answer: Mapping[str, Any]) -> dict[str, Any]:
+    """What the workflow keeps of a function's ``answer``: its Task state's ResultSelector, whose paths all read
+    ``$.Payload.<field>``."""
+    return {
+        field.removesuffix(".$"): answer[path.removeprefix("$.Payload.")]
+        for field, path in state["ResultSelector"].items()
+    }
+
+
+def _event(name: str, request: dict[str, Any], answers: Mapping[str, Any], states: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``name`` is invoked with for the object of ``request``, built from the answers before it as the
+    workflow's ``states`` build them."""
     if name == "ingest":  # the event EventBridge delivers for an upload (ingest takes it bare, too)
         return {
             "version": "0",
@@ -188,13 +181,10 @@ def _event(name: str, request: dict[str, Any], answers: Mapping[str, Any]) -> di
         }
     if name == "serialize":
         return {"request": request}
-    # The next two pick from the answers what the workflow's ResultSelectors pick.
-    if name == "infer":
-        serialized = answers["serialize"]
-        return {"request": request, "image": serialized["image"], "input_stats": serialized["input_stats"]}
+    if name == "infer":  # its Payload: the request and what the workflow kept of serialize's answer
+        return {"request": request, **_selected(states["Serialize"], answers["serialize"])}
     if name == "threshold":
-        prediction = {field: answers["infer"][field] for field in PREDICTION_FIELDS}
-        return {"request": request, "prediction": prediction}
+        return {"request": request, "prediction": _selected(states["Infer"], answers["infer"])}
     return {  # monitor: its schedule's event
         "version": "0",
         "id": f"cold-monitor-{request['key']}",

@@ -134,8 +134,8 @@ class LocalStack:
         self._server_thread = threading.Thread(target=self._server.serve_forever, name="moto", daemon=True)
         self._server_thread.start()
         # moto's backends live as long as the process: start each stack from an empty account.
-        _post_json(f"{aws_url}/moto-api/reset", {})
-        _post_json(f"{aws_url}/moto-api/config", {"stepfunctions": {"execute_state_machine": True}})
+        reset_moto(aws_url)
+        run_state_machines(aws_url, True)
 
         self.session = boto3.Session(region_name=REGION)
         self.resources = provision(self.session, self.settings)
@@ -204,12 +204,8 @@ class LocalStack:
     def _set_environment(self, aws_url: str) -> None:
         port = aws_url.rsplit(":", 1)[1]
         values = {
-            "AWS_ENDPOINT_URL": aws_url,
+            **local_aws_environment(aws_url),
             "MOTO_PORT": port,
-            "AWS_ACCESS_KEY_ID": "local",
-            "AWS_SECRET_ACCESS_KEY": "local",
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_REGION": REGION,
             # Local handlers log and count, but X-Ray and CloudWatch EMF have nowhere to go.
             "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_METRICS_DISABLED": "true",
@@ -242,6 +238,27 @@ class _LateBoundApp:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
         return [b"local stack starting"]
+
+
+def local_aws_environment(aws_url: str) -> dict[str, str]:
+    """The variables that point an AWS SDK (and the handlers) at the moto server at ``aws_url``."""
+    return {
+        "AWS_ENDPOINT_URL": aws_url,
+        "AWS_ACCESS_KEY_ID": "local",
+        "AWS_SECRET_ACCESS_KEY": "local",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_REGION": REGION,
+    }
+
+
+def reset_moto(aws_url: str) -> None:
+    """Empty every backend of the moto server at ``aws_url`` (they are the whole process's)."""
+    _post_json(f"{aws_url}/moto-api/reset", {})
+
+
+def run_state_machines(aws_url: str, enabled: bool) -> None:
+    """Whether moto's Step Functions interpreter runs executions, or only records them (a process-wide setting)."""
+    _post_json(f"{aws_url}/moto-api/config", {"stepfunctions": {"execute_state_machine": enabled}})
 
 
 def _post_json(url: str, body: dict[str, Any]) -> None:
