@@ -72,7 +72,7 @@ def torch_graph(model_path: Path) -> Any:
     missing = [name for name in network_names if name not in weights]
     if missing:
         raise RuntimeError(f"{model_path} lacks torch weights {missing[:5]}: it was not exported from ResNet9")
-    graph.load_state_dict({name: weights[name] if name in network_names else state[name] for name in state})
+    graph.load_state_dict({**state, **{name: weights[name] for name in network_names}})
     return graph.eval()
 
 
