@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import importlib
 import io
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, features
+from PIL import Image, ImageOps, PngImagePlugin, features
 
 from bayroute.errors import (
     CorruptImage,
@@ -62,6 +63,26 @@ _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
 _WHITE = (255, 255, 255, 255)
 # ITU-R BT.601 luma, the weights Pillow's "L" conversion uses.
 _LUMA = np.array([0.299, 0.587, 0.114])
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The IHDR of a plain payload after its width and height: bit depth 8, colour type 2 (RGB), compression 0,
+# filter method 0, no interlacing.
+_PLAIN_IHDR_TAIL = b"\x08\x02\x00\x00\x00"
+# Ancillary chunks a plain payload may carry, with the data length the PNG specification gives them for RGB.
+# The full path never turns them into different pixels: Pillow keeps sRGB, gAMA, cHRM and pHYs in ``info``
+# (raising on a short one, hence the exact length) and skips tIME, sBIT and bKGD. Deliberately absent, so the
+# full path decides: tEXt, zTXt and iTXt (Pillow reads an EXIF or XMP orientation from them, which
+# exif_transpose applies, and limits their memory), tRNS (transparency, composited on white), eXIf
+# (orientation), PLTE, the APNG chunks (acTL, fcTL, fdAT) and every chunk this list does not name.
+_NEUTRAL_CHUNK_LENGTHS = {
+    b"sRGB": 1,
+    b"gAMA": 4,
+    b"cHRM": 32,
+    b"pHYs": 9,
+    b"tIME": 7,
+    b"sBIT": 3,
+    b"bKGD": 6,
+}
 
 # ISO base media file brands (the ``ftyp`` box) of still-image formats.
 _HEIC_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"}
@@ -233,8 +254,87 @@ def decode_png_payload(png: bytes, size: int, *, max_pixels: int = DEFAULT_MAX_P
 
     Same checks and errors as ``prepare_image``; a payload already at the model size is not resampled.
     """
+    plain = _decode_plain_png(png, size, max_pixels)
+    if plain is not None:
+        return plain
     rgb, _, _ = _decode_resized_rgb(png, size=size, max_pixels=max_pixels)
     return np.asarray(rgb, dtype=np.uint8)
+
+
+def _decode_plain_png(data: bytes, size: int, max_pixels: int) -> np.ndarray | None:
+    """The pixels (uint8 [size, size, 3]) of a plain PNG already at the model size, or None for anything else.
+
+    Plain: 8-bit RGB, not interlaced, ``size`` x ``size``, every chunk's CRC right, one unbroken run of IDAT
+    chunks, ending exactly with IEND, no chunk but the pixel-neutral ones of ``_NEUTRAL_CHUNK_LENGTHS`` and a
+    well-formed iCCP: the payloads ``prepare_image`` writes (Pillow: IHDR, the source's iCCP if any, IDAT, IEND)
+    and every CIFAR image. Pixels come from Pillow's own PNG decoder ("zip") on the joined IDAT data, as in the
+    full path, minus its sniffing, structure check, ``Image.open``, EXIF lookup, mode conversion and same-size
+    resize copy: decode_png_payload went from 120-130 µs to 64-71 µs per 32x32 CIFAR PNG (all 1000, best of 3,
+    on a busy 2-core machine; 211 µs before when measured alone), on the hot path of the model endpoint, the
+    infer step and batch scoring. On None the caller takes the full path, which gives every other case its
+    answer or error.
+    """
+    if "png" not in SUPPORTED_FORMATS or size * size > max_pixels:
+        return None
+    side = size.to_bytes(4, "big")
+    if data[:16] != _PNG_SIGNATURE + b"\x00\x00\x00\x0dIHDR" or data[16:29] != side + side + _PLAIN_IHDR_TAIL:
+        return None
+    view = memoryview(data)
+    idat_payloads: list[memoryview] = []
+    idat_run_ended = False
+    position = 8
+    while True:
+        if position + 12 > len(data):
+            return None  # cut inside a chunk header
+        length = int.from_bytes(view[position : position + 4], "big")
+        chunk_type = bytes(view[position + 4 : position + 8])
+        data_end = position + 8 + length
+        if data_end + 4 > len(data):
+            return None  # cut inside a chunk
+        if zlib.crc32(view[position + 4 : data_end]) != int.from_bytes(view[data_end : data_end + 4], "big"):
+            return None
+        chunk_data = view[position + 8 : data_end]
+        if chunk_type == b"IDAT":
+            if idat_run_ended:
+                return None  # Pillow stops reading pixels at the first chunk after the IDAT run
+            idat_payloads.append(chunk_data)
+        elif chunk_type == b"IEND":
+            if length != 0 or data_end + 4 != len(data) or not idat_payloads:
+                return None  # bytes after the end, or no pixel data at all
+            break
+        elif position != 8:  # the IHDR, checked above, comes first
+            if not _is_neutral_chunk(chunk_type, chunk_data):
+                return None
+            if idat_payloads:
+                idat_run_ended = True
+        position = data_end + 4
+    try:
+        image = Image.frombytes("RGB", (size, size), b"".join(idat_payloads), "zip", "RGB")
+    except ValueError:  # too little pixel data, or data the decoder rejects: the full path names the error
+        return None
+    return np.asarray(image)
+
+
+def _is_neutral_chunk(chunk_type: bytes, chunk_data: memoryview) -> bool:
+    """Whether the full path reads this ancillary chunk without error and without changing a pixel."""
+    if chunk_type == b"iCCP":
+        return _is_readable_icc_profile(chunk_data)
+    return _NEUTRAL_CHUNK_LENGTHS.get(chunk_type) == len(chunk_data)
+
+
+def _is_readable_icc_profile(chunk_data: memoryview) -> bool:
+    """An iCCP chunk that Pillow reads without raising: a 1-79 byte name, compression method 0 and a whole
+    zlib stream of at most ``PngImagePlugin.MAX_TEXT_CHUNK`` bytes. Payloads of photos carry one (Pillow keeps
+    the source's profile when it writes the payload); the full path stores it and never applies it."""
+    name_end = bytes(chunk_data[:80]).find(b"\x00")
+    if name_end < 1 or len(chunk_data) < name_end + 2 or chunk_data[name_end + 1] != 0:
+        return False
+    inflater = zlib.decompressobj()
+    try:
+        inflater.decompress(chunk_data[name_end + 2 :], PngImagePlugin.MAX_TEXT_CHUNK)
+    except zlib.error:
+        return False
+    return inflater.eof and not inflater.unconsumed_tail
 
 
 def _decode_resized_rgb(data: bytes, *, size: int, max_pixels: int) -> tuple[Image.Image, str, tuple[int, int]]:

@@ -24,6 +24,8 @@ from bayroute.imaging import (
     DEFAULT_MAX_PIXELS,
     SUPPORTED_FORMATS,
     InputStats,
+    _decode_plain_png,
+    _decode_resized_rgb,
     decode_png_payload,
     prepare_image,
     sniff_format,
@@ -299,3 +301,299 @@ def test_input_stats_are_the_luma_mean_and_deviation_and_round_trip_as_a_dict() 
         assert stats.contrast == pytest.approx(gray.std() / 255.0, abs=1e-6)
         assert stats.to_dict() == dataclasses.asdict(stats)  # every field, spelled out by hand
         assert InputStats.from_dict(json.loads(json.dumps(stats.to_dict()))) == stats
+
+
+# --- The plain-PNG fast path of decode_png_payload -------------------------------------------------------------
+# Every case below compares with the full path (_decode_resized_rgb), which stays the reference for pixels and errors.
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Adam7: (first column, first row, column step, row step) of each of the seven passes.
+ADAM7_PASSES = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
+
+
+def _chunk(chunk_type: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + chunk_type + payload + struct.pack(">I", zlib.crc32(chunk_type + payload))
+
+
+def _ihdr(width: int = SIZE, height: int = SIZE, bit_depth: int = 8, colour_type: int = 2, interlace: int = 0) -> bytes:
+    return _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, interlace))
+
+
+def _pixels(seed: int = 0, size: int = SIZE) -> np.ndarray:
+    """Noise: every filter type predicts it badly, so a wrong unfiltering shows in every byte."""
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def _filtered_rows(array: np.ndarray, filter_types: list[int]) -> bytes:
+    """The PNG filtering of an RGB8 array (specification section 9), row y with filter_types[y % len(...)]."""
+    height, width, channels = array.shape
+    rows = array.reshape(height, width * channels).astype(np.int16)
+    filtered = bytearray()
+    for y, row in enumerate(rows):
+        above = rows[y - 1] if y else np.zeros_like(row)
+        left = np.concatenate([np.zeros(channels, np.int16), row[:-channels]])
+        upper_left = np.concatenate([np.zeros(channels, np.int16), above[:-channels]])
+        filter_type = filter_types[y % len(filter_types)]
+        if filter_type == 0:
+            predictor = np.zeros_like(row)
+        elif filter_type == 1:
+            predictor = left
+        elif filter_type == 2:
+            predictor = above
+        elif filter_type == 3:
+            predictor = (left + above) // 2
+        else:
+            estimate = left + above - upper_left
+            to_left, to_above, to_upper_left = (np.abs(estimate - neighbour) for neighbour in (left, above, upper_left))
+            predictor = np.where(
+                (to_left <= to_above) & (to_left <= to_upper_left),
+                left,
+                np.where(to_above <= to_upper_left, above, upper_left),
+            )
+        filtered.append(filter_type)
+        filtered += ((row - predictor) % 256).astype(np.uint8).tobytes()
+    return bytes(filtered)
+
+
+def _png(
+    array: np.ndarray,
+    *,
+    filter_types: list[int] | None = None,
+    idat_pieces: int = 1,
+    before_idat: bytes = b"",
+    after_idat: bytes = b"",
+    interlace: bool = False,
+) -> bytes:
+    """An 8-bit RGB PNG built by hand, so filters, chunk layout and interlacing are ours to choose."""
+    if interlace:
+        scanlines = b"".join(
+            _filtered_rows(array[row::row_step, column::column_step], filter_types or [0])
+            for column, row, column_step, row_step in ADAM7_PASSES
+        )
+    else:
+        scanlines = _filtered_rows(array, filter_types or [0])
+    stream = zlib.compress(scanlines)
+    piece = -(-len(stream) // idat_pieces)
+    idat = b"".join(_chunk(b"IDAT", stream[start : start + piece]) for start in range(0, len(stream), piece))
+    height, width, _ = array.shape
+    header = _ihdr(width, height, interlace=int(interlace))
+    return PNG_SIGNATURE + header + before_idat + idat + after_idat + _chunk(b"IEND", b"")
+
+
+def _full_path(data: bytes, max_pixels: int = LIMIT) -> np.ndarray:
+    rgb, _, _ = _decode_resized_rgb(data, size=SIZE, max_pixels=max_pixels)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def _assert_payload_decodes_as_the_full_path(data: bytes, max_pixels: int = LIMIT) -> None:
+    try:
+        expected = _full_path(data, max_pixels)
+    except WorkflowError as full_path_error:
+        with pytest.raises(type(full_path_error)) as caught:
+            decode_png_payload(data, SIZE, max_pixels=max_pixels)
+        assert caught.value.reason == full_path_error.reason
+        return
+    assert np.array_equal(decode_png_payload(data, SIZE, max_pixels=max_pixels), expected)
+
+
+def test_the_fast_path_gives_the_full_paths_pixels_on_real_cifar_images() -> None:
+    files = sorted(DATASET.glob("train/*/*.png"))
+    if not files:
+        pytest.skip(f"dataset absent: {DATASET}")
+    for path in files[::10]:  # 100 of the 1000, both classes
+        data = path.read_bytes()
+        plain = _decode_plain_png(data, SIZE, LIMIT)
+        expected = _full_path(data)
+        assert plain is not None, path
+        assert plain.dtype == np.uint8 and plain.shape == (SIZE, SIZE, 3)
+        assert plain.flags.writeable == expected.flags.writeable  # the same kind of array callers got before
+        assert np.array_equal(plain, expected), path
+
+
+@pytest.mark.parametrize("filter_types", [[0], [1], [2], [3], [4], [0, 1, 2, 3, 4]], ids=lambda f: f"filters{f}")
+def test_the_fast_path_unfilters_every_png_filter_type(filter_types: list[int]) -> None:
+    array = _pixels(seed=sum(filter_types))
+    data = _png(array, filter_types=filter_types)
+    assert np.array_equal(_full_path(data), array)  # the hand-made filtering is right
+    plain = _decode_plain_png(data, SIZE, LIMIT)
+    assert plain is not None
+    assert np.array_equal(plain, array)
+
+
+@pytest.mark.parametrize("compress_level", [0, 1, 9])
+def test_the_fast_path_reads_pillows_own_pngs(compress_level: int) -> None:
+    # Pillow picks a filter per row (adaptive filtering); its payloads are the ones the workflow passes along.
+    picture = photo_like(SIZE, SIZE, seed=compress_level)
+    data = encode(picture, "PNG", compress_level=compress_level)
+    plain = _decode_plain_png(data, SIZE, LIMIT)
+    assert plain is not None
+    assert np.array_equal(plain, np.asarray(picture))
+
+
+def test_the_fast_path_joins_idat_split_over_many_chunks() -> None:
+    array = _pixels(seed=5)
+    data = _png(array, filter_types=[4, 1], idat_pieces=9)
+    assert data.count(b"IDAT") == 9
+    plain = _decode_plain_png(data, SIZE, LIMIT)
+    assert plain is not None
+    assert np.array_equal(plain, array)
+
+    empty_idat = _chunk(b"IDAT", b"")  # allowed by the specification, and by both paths
+    first_idat = data.index(b"IDAT") - 4
+    with_empty = data[:first_idat] + empty_idat + data[first_idat:]
+    plain = _decode_plain_png(with_empty, SIZE, LIMIT)
+    assert plain is not None
+    assert np.array_equal(plain, array)
+
+
+def test_serialized_payloads_take_the_fast_path_even_with_a_colour_profile() -> None:
+    # prepare_image keeps a source's ICC profile in the payload it writes, so photos' payloads carry an iCCP chunk.
+    source = encode(photo_like(64, 48, seed=8), "PNG", icc_profile=b"an ICC profile, stored but never applied" * 8)
+    prepared = prepare_image(source, size=SIZE, max_pixels=LIMIT)
+    assert b"iCCP" in prepared.png
+    plain = _decode_plain_png(prepared.png, SIZE, LIMIT)
+    assert plain is not None
+    assert np.array_equal(plain, prepared.array)
+
+
+def test_decode_png_payload_takes_the_fast_path_for_a_plain_png(monkeypatch: pytest.MonkeyPatch) -> None:
+    def full_path(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a plain payload went through the full path")
+
+    array = _pixels(seed=6)
+    monkeypatch.setattr("bayroute.imaging._decode_resized_rgb", full_path)
+    assert np.array_equal(decode_png_payload(_png(array, filter_types=[2, 3]), SIZE), array)
+    with pytest.raises(AssertionError, match="full path"):
+        decode_png_payload(_png(array, interlace=True), SIZE)
+
+
+NEUTRAL_CHUNKS = {
+    "sRGB": _chunk(b"sRGB", b"\x00"),
+    "gAMA": _chunk(b"gAMA", struct.pack(">I", 45455)),
+    "cHRM": _chunk(b"cHRM", struct.pack(">8I", 31270, 32900, 64000, 33000, 30000, 60000, 15000, 6000)),
+    "pHYs": _chunk(b"pHYs", struct.pack(">IIB", 2835, 2835, 1)),
+    "tIME": _chunk(b"tIME", struct.pack(">HBBBBB", 2024, 5, 17, 12, 30, 0)),
+    "sBIT": _chunk(b"sBIT", b"\x08\x08\x08"),
+    "bKGD": _chunk(b"bKGD", struct.pack(">3H", 0, 0, 0)),
+    "iCCP": _chunk(b"iCCP", b"display\x00\x00" + zlib.compress(b"profile" * 50)),
+}
+
+
+@pytest.mark.parametrize("name", NEUTRAL_CHUNKS)
+def test_pixel_neutral_chunks_keep_the_fast_path(name: str) -> None:
+    array = _pixels(seed=7)
+    for data in (_png(array, before_idat=NEUTRAL_CHUNKS[name]), _png(array, after_idat=NEUTRAL_CHUNKS[name])):
+        plain = _decode_plain_png(data, SIZE, LIMIT)
+        assert plain is not None
+        assert np.array_equal(plain, _full_path(data))
+
+
+def _with_bad_idat_crc() -> bytes:
+    data = bytearray(_png(_pixels()))
+    crc_end = data.index(b"IEND") - 4
+    data[crc_end - 1] ^= 0xFF
+    return bytes(data)
+
+
+def _idat_stream(data: bytes) -> bytes:
+    start = data.index(b"IDAT")
+    length = int.from_bytes(data[start - 4 : start], "big")
+    return data[start + 4 : start + 4 + length]
+
+
+def _with_idat(stream: bytes, header: bytes = _ihdr()) -> bytes:
+    return PNG_SIGNATURE + header + _chunk(b"IDAT", stream) + _chunk(b"IEND", b"")
+
+
+def _exif_rotated_half_turn() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 3
+    return encode(Image.fromarray(_pixels()), "PNG", exif=exif.tobytes())
+
+
+def _xmp_text_rotated_half_turn() -> bytes:
+    xmp = b'XML:com.adobe.xmp\x00<x:xmpmeta><rdf:Description tiff:Orientation="3"/></x:xmpmeta>'
+    return _png(_pixels(), before_idat=_chunk(b"tEXt", xmp))
+
+
+def _split_by_a_neutral_chunk() -> bytes:
+    data = _png(_pixels(), idat_pieces=2)
+    second_idat = data.index(b"IDAT", data.index(b"IDAT") + 4) - 4
+    return data[:second_idat] + NEUTRAL_CHUNKS["gAMA"] + data[second_idat:]
+
+
+PLAIN_STREAM = _idat_stream(_png(_pixels()))
+NOT_PLAIN: dict[str, bytes] = {
+    "tRNS": encode(Image.fromarray(_pixels()), "PNG", transparency=(0, 0, 0)),
+    "eXIf_orientation": _exif_rotated_half_turn(),
+    "text_xmp_orientation": _xmp_text_rotated_half_turn(),
+    "zTXt": _png(_pixels(), before_idat=_chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"hello"))),
+    "PLTE_suggested_palette": _png(_pixels(), before_idat=_chunk(b"PLTE", bytes(range(48)))),
+    "unknown_chunk": _png(_pixels(), before_idat=_chunk(b"prVt", b"private")),
+    "acTL_apng": _png(_pixels(), before_idat=_chunk(b"acTL", struct.pack(">II", 1, 0))),
+    "second_IHDR": _png(_pixels(), before_idat=_ihdr(16, 16)),
+    "other_size": encode(photo_like(64, 64), "PNG"),
+    "not_square": encode(photo_like(32, 31), "PNG"),
+    "16bit_rgb": _with_idat(zlib.compress(bytes(SIZE * (1 + SIZE * 6))), header=_ihdr(bit_depth=16)),
+    "16bit_grey": encode(Image.fromarray(np.full((SIZE, SIZE), 40000, np.uint16)), "PNG"),
+    "grey": encode(photo_like(SIZE, SIZE).convert("L"), "PNG"),
+    "palette": encode(photo_like(SIZE, SIZE).convert("P"), "PNG"),
+    "rgba": encode(photo_like(SIZE, SIZE).convert("RGBA"), "PNG"),
+    "interlaced": _png(_pixels(), interlace=True),
+    "bad_idat_crc": _with_bad_idat_crc(),
+    "bad_ancillary_crc": _png(_pixels(), before_idat=NEUTRAL_CHUNKS["gAMA"][:-1] + b"\x00"),
+    "short_gAMA": _png(_pixels(), before_idat=_chunk(b"gAMA", b"\x00\x00\x01")),
+    "iCCP_unknown_compression": _png(_pixels(), before_idat=_chunk(b"iCCP", b"p\x00\x01" + zlib.compress(b"x"))),
+    "iCCP_broken_zlib": _png(_pixels(), before_idat=_chunk(b"iCCP", b"p\x00\x00not zlib")),
+    "idat_split_by_another_chunk": _split_by_a_neutral_chunk(),
+    "data_after_iend": _png(_pixels()) + b"trailing bytes",
+    "no_iend": _png(_pixels())[:-12],
+    "truncated_idat": _png(_pixels())[:500],
+    "zlib_stream_cut_in_half": _with_idat(PLAIN_STREAM[: len(PLAIN_STREAM) // 2]),
+    "garbage_zlib_stream": _with_idat(bytes(byte ^ 0x5A for byte in PLAIN_STREAM)),
+    "unknown_filter_type": _with_idat(zlib.compress(_filtered_rows(_pixels(), [0]).replace(b"\x00", b"\x07", 1))),
+    "no_idat": PNG_SIGNATURE + _ihdr() + _chunk(b"IEND", b""),
+    "jpeg": encode(photo_like(SIZE, SIZE), "JPEG"),
+    "empty": b"",
+}
+
+
+@pytest.mark.parametrize("name", NOT_PLAIN)
+def test_the_fast_path_declines_and_the_full_path_answers(name: str) -> None:
+    data = NOT_PLAIN[name]
+    assert _decode_plain_png(data, SIZE, LIMIT) is None
+    _assert_payload_decodes_as_the_full_path(data)
+
+
+def test_the_full_path_applies_orientation_that_the_fast_path_would_miss() -> None:
+    # Why text and eXIf chunks go to the full path: they can rotate the picture.
+    for name in ("eXIf_orientation", "text_xmp_orientation"):
+        assert np.array_equal(decode_png_payload(NOT_PLAIN[name], SIZE), _pixels()[::-1, ::-1]), name
+
+
+def test_broken_pixel_data_at_the_model_size_keeps_its_named_errors() -> None:
+    with pytest.raises(TruncatedImage):
+        decode_png_payload(NOT_PLAIN["zlib_stream_cut_in_half"], SIZE)
+    with pytest.raises(TruncatedImage):
+        decode_png_payload(NOT_PLAIN["truncated_idat"], SIZE)
+    for name in ("garbage_zlib_stream", "unknown_filter_type", "short_gAMA", "iCCP_unknown_compression"):
+        with pytest.raises((CorruptImage, TruncatedImage)) as caught:
+            decode_png_payload(NOT_PLAIN[name], SIZE)
+        assert caught.value.facts["format"] == "png", name
+
+
+def test_a_zlib_stream_that_ends_before_the_last_row_decodes_as_in_the_full_path() -> None:
+    # A complete zlib stream holding half the rows: Pillow's decoder takes the stream's end as the image's end in
+    # both paths (the missing rows come out black); the fast path must not answer differently.
+    data = _with_idat(zlib.compress(_filtered_rows(_pixels()[:16], [0])))
+    plain = _decode_plain_png(data, SIZE, LIMIT)
+    assert plain is not None
+    assert np.array_equal(plain, _full_path(data))
+
+
+def test_the_fast_path_keeps_the_callers_pixel_limit() -> None:
+    data = _png(_pixels())
+    assert _decode_plain_png(data, SIZE, SIZE * SIZE) is not None
+    assert _decode_plain_png(data, SIZE, SIZE * SIZE - 1) is None
+    with pytest.raises(TooManyPixels):
+        decode_png_payload(data, SIZE, max_pixels=SIZE * SIZE - 1)
