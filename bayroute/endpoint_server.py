@@ -8,13 +8,17 @@ The contract (``GET /ping``, ``POST /invocations``, custom attributes, errors) i
 
 Transport: HTTP/1.1 with keep-alive (``Connection: close`` and HTTP/1.0 without keep-alive are honoured,
 ``Expect: 100-continue`` is answered), an asyncio server on one event-loop thread. That thread parses
-requests and decodes the small images (big bodies are decoded on a worker thread, so one photo does not hold
-up the others); the model runs on other threads, and ONNX Runtime releases the GIL, so inference overlaps
-the HTTP and decoding work of other requests. With ``batching`` on, requests that arrive while the model is
-busy, or within ``batch_window_s`` of each other, run as one ONNX Runtime batch; off, each request runs
-alone. A connection closed after an error answer is half-closed first and drained briefly, so the client
-reads the answer instead of a reset. ``stop()`` stops accepting, lets requests in progress finish, then
-closes every connection.
+requests, decodes the small images (big bodies are decoded on a worker thread, so one photo does not hold up
+the others) and runs the model: the requests decoded in one turn of the loop wait for the next turn, then run
+as one ONNX Runtime batch (``batching`` on) or one after another (off). Under load, requests pile up while
+the model runs, so batches grow with concurrency; a request that finds the loop idle runs at once. The model
+runs on the loop thread, not behind a queue on model threads, because handing each request to another thread
+and back cost more than it saved: with one server process per core (``endpoint_workers``) at concurrency 16,
+batches formed on the loop served 2,762-3,079 images/s (p99 7.9-10.6 ms, 0.67-0.73 ms of CPU per answer)
+where a gathering thread and model threads served 1,990-2,464 (p99 12.8-15.3 ms, 0.81-1.01 ms), six
+alternating rounds. A connection closed after an error answer is half-closed first and drained briefly, so
+the client reads the answer instead of a reset. ``stop()`` stops accepting, lets requests in progress
+finish, then closes every connection.
 """
 
 from __future__ import annotations
@@ -34,7 +38,6 @@ import numpy as np
 
 from bayroute.imaging import DEFAULT_MAX_PIXELS
 from bayroute.serving import (
-    DEFAULT_BATCH_WINDOW_S,
     DEFAULT_MAX_BATCH,
     NPY_CONTENT_TYPE,
     InferenceApp,
@@ -113,18 +116,49 @@ class _Request:
     headers: dict[str, str]
 
 
-class _ServerState:
-    """What the connections of one server share: the app, limits, open connections and requests in flight."""
+@dataclass(frozen=True)
+class ModelCalls:
+    """How often a server ran its model, and on how many images in all."""
 
-    def __init__(self, app: InferenceApp, max_request_bytes: int, loop: asyncio.AbstractEventLoop) -> None:
+    runs: int
+    images: int
+
+
+@dataclass
+class _Decoded:
+    """A request decoded and waiting for the model's next turn."""
+
+    connection: _Connection
+    request: _Request
+    prepared: PreparedRequest
+
+
+class _ServerState:
+    """What the connections of one server share: the app, limits, open connections, requests in flight, and the
+    decoded requests waiting for the model."""
+
+    def __init__(
+        self,
+        app: InferenceApp,
+        max_request_bytes: int,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        batching: bool,
+        max_batch: int,
+    ) -> None:
         self.app = app
         self.max_request_bytes = max_request_bytes
         self.loop = loop
+        self.batching = batching
+        self.max_batch = max_batch
         self.connections: set[_Connection] = set()
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
         self.decoder = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="bayroute-decode")
+        self.waiting: list[_Decoded] = []
+        self.model_runs = 0
+        self.model_images = 0
 
     def started(self) -> None:
         self.in_flight += 1
@@ -134,6 +168,48 @@ class _ServerState:
         self.in_flight -= 1
         if self.in_flight == 0:
             self.idle.set()
+
+    def wait_for_model(self, decoded: _Decoded) -> None:
+        """Queue a decoded request for the model's next turn (scheduled by the first request to wait)."""
+        self.waiting.append(decoded)
+        if len(self.waiting) == 1:
+            self.loop.call_soon(self.run_model)
+
+    def run_model(self) -> None:
+        """Answer every waiting request: in batches of up to ``max_batch`` images, or one by one."""
+        waiting, self.waiting = self.waiting, []
+        group: list[_Decoded] = []
+        images = 0
+        for decoded in waiting:
+            count = len(decoded.prepared.images)
+            if group and (not self.batching or images + count > self.max_batch):
+                self._run(group)
+                group, images = [], 0
+            group.append(decoded)
+            images += count
+        if group:
+            self._run(group)
+
+    def _run(self, group: list[_Decoded]) -> None:
+        app = self.app
+        try:
+            if len(group) == 1:
+                batch = group[0].prepared.images
+            else:
+                batch = np.concatenate([decoded.prepared.images for decoded in group])
+            probabilities = app.model.predict(batch)
+        except Exception as exc:  # ORT failures carry their own types; each client only needs "the model failed"
+            for decoded in group:
+                decoded.connection.answered(decoded.request, app.model_failure(decoded.prepared, exc))
+            return
+        self.model_runs += 1
+        self.model_images += len(batch)
+        offset = 0
+        for decoded in group:
+            count = len(decoded.prepared.images)
+            answer = app.answer(decoded.prepared, probabilities[offset : offset + count])
+            decoded.connection.answered(decoded.request, answer)
+            offset += count
 
 
 class _Connection(asyncio.Protocol):
@@ -274,25 +350,12 @@ class _Connection(asyncio.Protocol):
 
     def _prepared(self, request: _Request, prepared: PreparedRequest | InvocationAnswer) -> None:
         if isinstance(prepared, InvocationAnswer):
-            self._answered(request, prepared)
+            self.answered(request, prepared)
             return
-        state = self._state
-        try:
-            future = state.app.predict_async(prepared.images)
-        except RuntimeError as exc:  # the model's threads are gone: the server is stopping
-            self._answered(request, state.app.model_failure(prepared, exc))
-            return
-        future.add_done_callback(lambda done: state.loop.call_soon_threadsafe(self._predicted, request, prepared, done))
+        self._state.wait_for_model(_Decoded(self, request, prepared))
 
-    def _predicted(
-        self, request: _Request, prepared: PreparedRequest, done: concurrent.futures.Future[np.ndarray]
-    ) -> None:
-        app = self._state.app
-        error = done.exception()
-        answer = app.model_failure(prepared, error) if error is not None else app.answer(prepared, done.result())
-        self._answered(request, answer)
-
-    def _answered(self, request: _Request, answer: InvocationAnswer) -> None:
+    def answered(self, request: _Request, answer: InvocationAnswer) -> None:
+        """Write ``answer`` to ``request`` (the server's model turn calls this too), then read the next request."""
         self._state.finished()
         self._busy = False
         if self._transport is None:
@@ -372,7 +435,6 @@ class ModelServer:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         batching: bool = False,
         max_batch: int = DEFAULT_MAX_BATCH,
-        batch_window_s: float = DEFAULT_BATCH_WINDOW_S,
         reuse_port: bool = False,
     ) -> None:
         self.model = model
@@ -380,12 +442,9 @@ class ModelServer:
         self._requested_port = port
         self._reuse_port = reuse_port  # SO_REUSEPORT: other processes serve the same port (``endpoint_workers``)
         self._max_request_bytes = max_request_bytes
-        self._app_options: dict[str, Any] = {
-            "max_pixels": max_pixels,
-            "batching": batching,
-            "max_batch": max_batch,
-            "batch_window_s": batch_window_s,
-        }
+        self._max_pixels = max_pixels
+        self._batching = batching
+        self._max_batch = max_batch
         self._state: _ServerState | None = None
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
@@ -402,18 +461,19 @@ class ModelServer:
         return endpoint_url(self._host, self.port)
 
     @property
-    def app(self) -> InferenceApp:
+    def model_calls(self) -> ModelCalls:
+        """How often the model ran so far, and on how many images (fewer runs than images: shared batches)."""
         if self._state is None:
             raise RuntimeError("the model server is not started")
-        return self._state.app
+        return ModelCalls(self._state.model_runs, self._state.model_images)
 
     def start(self) -> ModelServer:
         """Bind and serve; returns once the socket listens (the model is loaded: a listening server is ready)."""
         if self._state is not None:
             raise RuntimeError("the model server is already started")
-        app = InferenceApp(self.model, **self._app_options)
+        app = InferenceApp(self.model, max_pixels=self._max_pixels)
         loop = asyncio.new_event_loop()
-        state = _ServerState(app, self._max_request_bytes, loop)
+        state = _ServerState(app, self._max_request_bytes, loop, batching=self._batching, max_batch=self._max_batch)
         ready = threading.Event()
         failure: list[BaseException] = []
 
@@ -447,7 +507,6 @@ class ModelServer:
         if failure:
             self._thread.join()
             self._thread = None
-            app.close()
             state.decoder.shutdown()
             raise failure[0]
         assert self._server is not None
@@ -475,7 +534,6 @@ class ModelServer:
         state.loop.call_soon_threadsafe(state.loop.stop)
         thread.join(timeout=timeout + 5)
         state.decoder.shutdown(wait=True)
-        state.app.close()
         self._state = self._server = self._thread = None
 
     def __enter__(self) -> ModelServer:

@@ -24,14 +24,10 @@ Contract:
 
 from __future__ import annotations
 
-import concurrent.futures
 import io
 import json
 import logging
 import os
-import queue
-import threading
-import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,10 +44,8 @@ if TYPE_CHECKING:  # the contract helpers are used where ONNX Runtime is not ins
 
 log = logging.getLogger(__name__)
 
-# Batching defaults, shared by the batcher, the app and the server: images per batch at most, and how long a
-# batch waits for company while another one runs.
+# The server's batches hold at most this many images (a bigger npy batch request runs alone).
 DEFAULT_MAX_BATCH = 64
-DEFAULT_BATCH_WINDOW_S = 0.001
 
 
 def usable_cores() -> int:
@@ -64,9 +58,10 @@ def usable_cores() -> int:
 def server_model_threads(cores: int | None = None, workers: int = 1) -> int:
     """ONNX Runtime intra-op threads for each server process's model: its share of the cores but one, at least one.
 
-    Each server process's own work (HTTP, decoding, batching) runs on one core under its GIL; a model pool on
-    every core would spin against it. Measured by ``make bench`` on 2 cores at concurrency 16 with batching: one
-    model thread served 1,118 images/s, ONNX Runtime's default (a thread per core) 839.
+    Each server process runs its model on its event-loop thread, between its HTTP and decoding work, so the
+    loop thread is already one of the model's threads; an intra-op pool beside it spins against the loop.
+    Measured on 2 cores at concurrency 16, one server process (batching on, four alternating rounds): one
+    model thread served 1,522-1,777 images/s (p99 11.8-13.4 ms), two threads 882-1,991 (p99 11.8-37.6 ms).
     """
     cores = usable_cores() if cores is None else cores
     return max(1, cores // max(1, workers) - 1)
@@ -158,109 +153,6 @@ def error_answer(status: HTTPStatus, reason: str, detail: str) -> InvocationAnsw
     return InvocationAnswer(int(status), json.dumps({"error": reason, "detail": detail}).encode("utf-8"))
 
 
-class DynamicBatcher:
-    """Runs concurrent predictions as shared ONNX Runtime batches, ``workers`` batches at a time.
-
-    One thread gathers: once a worker is free, it takes the first waiting request and whatever else is already
-    waiting (up to ``max_batch`` images) and, while another batch is running (the sign of load), whatever else
-    arrives within ``window_s``; then it hands the batch to the free worker. Under load, requests pile up while
-    the workers are busy, so batches grow with concurrency; a request that finds the model idle runs at once
-    (waiting the window then only added latency: 3.6 ms instead of 1.6 ms at concurrency 1). Two workers by
-    default: this small model is compute-bound (a batch costs about as much per image as one image does), so
-    what batching saves is per-call overhead, and a second batch running beside the first is what keeps both
-    cores busy. The queue has exactly one consumer, the gatherer.
-    """
-
-    def __init__(
-        self,
-        model: OnnxClassifier,
-        *,
-        max_batch: int = DEFAULT_MAX_BATCH,
-        window_s: float = DEFAULT_BATCH_WINDOW_S,
-        workers: int = 2,
-    ) -> None:
-        if workers < 1:
-            raise ValueError(f"a batcher needs at least one worker, got {workers}")
-        self._model = model
-        self._max_batch = max_batch
-        self._window_s = window_s
-        self._queue: queue.SimpleQueue[tuple[np.ndarray, concurrent.futures.Future[np.ndarray]] | None] = (
-            queue.SimpleQueue()
-        )
-        self._free_workers = threading.BoundedSemaphore(workers)
-        self._workers = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="bayroute-batch")
-        self._gatherer = threading.Thread(target=self._gather, name="bayroute-batcher", daemon=True)
-        self._lock = threading.Lock()
-        self._running = 0  # batches in the workers
-        self.batches = 0
-        self.images = 0
-        self._gatherer.start()
-
-    def submit(self, images: np.ndarray) -> concurrent.futures.Future[np.ndarray]:
-        """The probabilities of ``images`` [N, H, W, 3], once their batch has run."""
-        future: concurrent.futures.Future[np.ndarray] = concurrent.futures.Future()
-        self._queue.put((images, future))
-        return future
-
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        return self.submit(images).result()
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._gatherer.join(timeout=5)
-        self._workers.shutdown(wait=True)
-
-    def _gather(self) -> None:
-        while True:
-            self._free_workers.acquire()  # requests queue up (and batches grow) while every worker is busy
-            first = self._queue.get()
-            if first is None:
-                return
-            group, count, stopping = [first], len(first[0]), False
-            with self._lock:
-                window = self._window_s if self._running else 0.0
-                self._running += 1
-            deadline = time.perf_counter() + window
-            while count < self._max_batch:
-                remaining = deadline - time.perf_counter()
-                try:
-                    item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                group.append(item)
-                count += len(item[0])
-            self._workers.submit(self._run_and_free, group)
-            if stopping:
-                return
-
-    def _run_and_free(self, group: list[tuple[np.ndarray, concurrent.futures.Future[np.ndarray]]]) -> None:
-        try:
-            self._run_group(group)
-        finally:
-            with self._lock:
-                self._running -= 1
-            self._free_workers.release()
-
-    def _run_group(self, group: list[tuple[np.ndarray, concurrent.futures.Future[np.ndarray]]]) -> None:
-        try:
-            batch = group[0][0] if len(group) == 1 else np.concatenate([images for images, _ in group])
-            probabilities = self._model.predict(batch)
-        except BaseException as exc:  # every waiting caller must wake up, whatever happened
-            for _, future in group:
-                future.set_exception(exc)
-            return
-        with self._lock:
-            self.batches += 1
-            self.images += len(batch)
-        offset = 0
-        for images, future in group:
-            future.set_result(probabilities[offset : offset + len(images)])
-            offset += len(images)
-
-
 @dataclass(frozen=True)
 class PreparedRequest:
     """A decoded invocation, ready for the model: the images as a batch, and how to shape the answer."""
@@ -276,25 +168,14 @@ class InferenceApp:
     """The contract without the transport: content negotiation, decoding, prediction, the answer.
 
     ``invoke`` does it all in the calling thread. A server splits it: ``prepare`` (negotiation, decoding),
-    the model (``predict_async``), then ``answer``.
+    the model (its own batches of prepared requests), then ``answer``.
     """
 
-    def __init__(
-        self,
-        model: OnnxClassifier,
-        *,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        batching: bool = False,
-        max_batch: int = DEFAULT_MAX_BATCH,
-        batch_window_s: float = DEFAULT_BATCH_WINDOW_S,
-    ) -> None:
+    def __init__(self, model: OnnxClassifier, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.model = model
         self.max_pixels = max_pixels
-        self.batcher = DynamicBatcher(model, max_batch=max_batch, window_s=batch_window_s) if batching else None
         self.custom_attributes = format_custom_attributes(model.model_version, model.labels)
         self._answer_headers = {CUSTOM_ATTRIBUTES_HEADER: self.custom_attributes}
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._executor_lock = threading.Lock()
 
     def ping(self) -> InvocationAnswer:
         body = {"status": "healthy", "model_version": self.model.model_version}
@@ -305,9 +186,7 @@ class InferenceApp:
         if isinstance(prepared, InvocationAnswer):
             return prepared
         try:
-            probabilities = (
-                self.batcher.predict(prepared.images) if self.batcher else self.model.predict(prepared.images)
-            )
+            probabilities = self.model.predict(prepared.images)
         except Exception as exc:  # ORT failures carry their own types; the caller only needs "the model failed"
             return self.model_failure(prepared, exc)
         return self.answer(prepared, probabilities)
@@ -334,17 +213,6 @@ class InferenceApp:
             return error_answer(HTTPStatus.BAD_REQUEST, "invalid_array", str(exc))
         return PreparedRequest(images, is_batch, verbose, media, len(body))
 
-    def predict_async(self, images: np.ndarray) -> concurrent.futures.Future[np.ndarray]:
-        """The model's answer for ``images``, computed off the calling thread (batched when batching is on)."""
-        if self.batcher is not None:
-            return self.batcher.submit(images)
-        with self._executor_lock:
-            if self._executor is None:
-                # Two threads: one request's inference overlaps the next one's hand-over, and ORT's own
-                # intra-op pool does the rest.
-                self._executor = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="bayroute-model")
-            return self._executor.submit(self.model.predict, images)
-
     def answer(self, prepared: PreparedRequest, probabilities: np.ndarray) -> InvocationAnswer:
         rows = probabilities.tolist()
         result: Any = rows if prepared.is_batch else rows[0]
@@ -355,12 +223,6 @@ class InferenceApp:
     def model_failure(self, prepared: PreparedRequest, exc: BaseException) -> InvocationAnswer:
         log.error("model failure on a %s request of %d bytes", prepared.media, prepared.body_bytes, exc_info=exc)
         return error_answer(HTTPStatus.INTERNAL_SERVER_ERROR, "model_error", f"{type(exc).__name__}: {exc}")
-
-    def close(self) -> None:
-        if self.batcher is not None:
-            self.batcher.close()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
 
     def _image(self, body: bytes) -> np.ndarray:
         height, _ = self.model.input_size

@@ -21,7 +21,6 @@ from bayroute.endpoint_server import ModelServer
 from bayroute.model.onnx_model import OnnxClassifier
 from bayroute.serving import (
     CUSTOM_ATTRIBUTES_HEADER,
-    DynamicBatcher,
     format_custom_attributes,
     labels_from_custom_attributes,
     model_version_from_custom_attributes,
@@ -279,11 +278,12 @@ def test_concurrent_requests_each_get_their_own_answer(
         ThreadPoolExecutor(max_workers=16) as pool,
     ):
         assert sum(pool.map(client, range(16))) == 16 * 24
+        calls = running.model_calls
+        assert calls.images == 16 * 24
         if batching:
-            batcher = running.app.batcher
-            assert batcher is not None
-            assert batcher.images == 16 * 24
-            assert batcher.batches < batcher.images  # some requests really shared a batch
+            assert calls.runs < calls.images  # some requests really shared a batch
+        else:
+            assert calls.runs == calls.images
 
 
 @pytest.mark.parametrize("batching", [False, True], ids=["direct", "batching"])
@@ -350,72 +350,97 @@ def test_bayroute_serve_runs_in_the_foreground_until_sigterm(tiny_model_path: Pa
         assert process.wait(timeout=10) == 0
 
 
-def test_the_batcher_runs_two_batches_at_once_on_two_workers(classifier: OnnxClassifier) -> None:
-    # A model that returns only once two batches are inside it: one worker would wait here for ever.
-    both_inside = threading.Barrier(2, timeout=5)
-    first_inside = threading.Event()
+class HoldsTheFirstCall:
+    """The real model, but its first call waits until ``release`` is set (the loop, running it, waits too)."""
 
-    class TwoAtOnce:
-        def predict(self, images: np.ndarray) -> np.ndarray:
-            first_inside.set()
-            both_inside.wait()
-            return classifier.predict(images)
+    def __init__(self, classifier: OnnxClassifier) -> None:
+        self.real_predict = classifier.predict  # taken before the test puts ``predict`` in its place
+        self.inside = threading.Event()
+        self.release = threading.Event()
+        self.sizes: list[int] = []
 
-    batcher = DynamicBatcher(TwoAtOnce(), window_s=0.0, workers=2)  # type: ignore[arg-type]
-    try:
-        image = np.zeros((1, 32, 32, 3), dtype=np.uint8)
-        first = batcher.submit(image)
-        assert first_inside.wait(timeout=5)  # the first batch runs: the second request cannot join it
-        second = batcher.submit(image)
-        assert first.result(timeout=10).shape == second.result(timeout=10).shape == (1, 2)
-        assert batcher.batches == 2
-    finally:
-        batcher.close()
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        self.sizes.append(len(images))
+        if len(self.sizes) == 1:
+            self.inside.set()
+            assert self.release.wait(timeout=10)
+        return self.real_predict(images)
 
 
-def test_a_request_that_finds_the_model_idle_runs_without_waiting_the_window(classifier: OnnxClassifier) -> None:
-    batcher = DynamicBatcher(classifier, window_s=30.0, workers=2)
-    try:
-        image = np.zeros((1, 32, 32, 3), dtype=np.uint8)
-        # Waiting the 30 s window would time this out.
-        assert batcher.submit(image).result(timeout=5).shape == (1, 2)
-    finally:
-        batcher.close()
-
-
-def test_while_a_batch_runs_requests_arriving_within_the_window_share_the_next_one(
+@pytest.mark.parametrize(
+    ("batching", "max_batch", "sizes"),
+    [(True, 64, [1, 3]), (True, 2, [1, 2, 1]), (False, 64, [1, 1, 1, 1])],
+    ids=["batching", "batches-capped-at-2", "direct"],
+)
+def test_requests_that_arrive_while_the_model_runs_share_its_next_turn(
     classifier: OnnxClassifier,
+    monkeypatch: pytest.MonkeyPatch,
+    real_images: list[tuple[str, bytes]],
+    batching: bool,
+    max_batch: int,
+    sizes: list[int],
 ) -> None:
-    release = threading.Event()
-    inside = threading.Event()
+    expected = [_expected(classifier, png) for _, png in real_images[:4]]
+    model = HoldsTheFirstCall(classifier)
+    monkeypatch.setattr(classifier, "predict", model.predict)
+    with ModelServer(
+        classifier, "127.0.0.1", 0, max_request_bytes=MAX_REQUEST_BYTES, batching=batching, max_batch=max_batch
+    ) as running:
+        connections = [http.client.HTTPConnection("127.0.0.1", running.port, timeout=10) for _ in range(4)]
+        for connection in connections:  # every connection accepted before the model is held
+            connection.request("GET", "/ping")
+            connection.getresponse().read()
+        for connection, (_, png) in zip(connections[:1], real_images, strict=False):
+            connection.request("POST", "/invocations", body=png, headers={"Content-Type": "image/png"})
+        assert model.inside.wait(timeout=5)
+        # The server's loop is inside the model: these three requests wait in the socket buffers.
+        for connection, (_, png) in zip(connections[1:], real_images[1:4], strict=True):
+            connection.request("POST", "/invocations", body=png, headers={"Content-Type": "image/png"})
+        model.release.set()
+        answers = []
+        for connection in connections:
+            response = connection.getresponse()
+            assert response.status == 200
+            answers.append(json.loads(response.read()))
+            connection.close()
+        calls = running.model_calls
+    assert model.sizes == sizes
+    assert (calls.runs, calls.images) == (len(sizes), 4)
+    for answer, probabilities in zip(answers, expected, strict=True):
+        assert np.allclose(answer, probabilities, atol=1e-6)
 
-    class HoldsTheFirstBatch:
-        def __init__(self) -> None:
-            self.sizes: list[int] = []
 
-        def predict(self, images: np.ndarray) -> np.ndarray:
-            self.sizes.append(len(images))
-            if len(self.sizes) == 1:
-                inside.set()
-                assert release.wait(timeout=10)
-            return classifier.predict(images)
+def test_a_model_failure_answers_every_request_of_its_batch(
+    classifier: OnnxClassifier, monkeypatch: pytest.MonkeyPatch, real_images: list[tuple[str, bytes]]
+) -> None:
+    model = HoldsTheFirstCall(classifier)
 
-    model = HoldsTheFirstBatch()
-    batcher = DynamicBatcher(model, window_s=0.5, workers=2)  # type: ignore[arg-type]
-    try:
-        image = np.zeros((1, 32, 32, 3), dtype=np.uint8)
-        first = batcher.submit(image)
-        assert inside.wait(timeout=5)
-        later = [batcher.submit(image) for _ in range(3)]  # the model is busy: these wait the window together
-        assert [f.result(timeout=10).shape for f in later] == [(1, 2)] * 3
-        release.set()
-        assert first.result(timeout=10).shape == (1, 2)
-        assert model.sizes == [1, 3]
-    finally:
-        release.set()
-        batcher.close()
+    def fails_after_the_first(images: np.ndarray) -> np.ndarray:
+        if model.sizes:
+            model.sizes.append(len(images))
+            raise RuntimeError("ORT session exploded")
+        return model.predict(images)
 
-
-def test_a_batcher_needs_a_worker(classifier: OnnxClassifier) -> None:
-    with pytest.raises(ValueError, match="at least one worker"):
-        DynamicBatcher(classifier, workers=0)
+    monkeypatch.setattr(classifier, "predict", fails_after_the_first)
+    with ModelServer(classifier, "127.0.0.1", 0, max_request_bytes=MAX_REQUEST_BYTES, batching=True) as running:
+        connections = [http.client.HTTPConnection("127.0.0.1", running.port, timeout=10) for _ in range(3)]
+        for connection in connections:
+            connection.request("GET", "/ping")
+            connection.getresponse().read()
+        connections[0].request("POST", "/invocations", body=real_images[0][1], headers={"Content-Type": "image/png"})
+        assert model.inside.wait(timeout=5)
+        for connection in connections[1:]:
+            connection.request("POST", "/invocations", body=real_images[1][1], headers={"Content-Type": "image/png"})
+        model.release.set()
+        statuses = []
+        for connection in connections:
+            response = connection.getresponse()
+            statuses.append((response.status, json.loads(response.read())))
+        # The server goes on serving after a failed batch.
+        connections[0].request("GET", "/ping")
+        assert connections[0].getresponse().status == 200
+        for connection in connections:
+            connection.close()
+    assert model.sizes == [1, 2]
+    assert statuses[0][0] == 200
+    assert statuses[1:] == [(500, {"error": "model_error", "detail": "RuntimeError: ORT session exploded"})] * 2
