@@ -433,7 +433,7 @@ class ModelServer:
         *,
         max_request_bytes: int,
         max_pixels: int = DEFAULT_MAX_PIXELS,
-        batching: bool = False,
+        batching: bool = True,
         max_batch: int = DEFAULT_MAX_BATCH,
         reuse_port: bool = False,
     ) -> None:

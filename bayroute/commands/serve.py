@@ -31,8 +31,12 @@ def serve_command(
         int | None, typer.Option(min=0, max=65535, help="Port (default: the settings' endpoint port; 0: any free).")
     ] = None,
     batching: Annotated[
-        bool, typer.Option("--batching/--no-batching", help="Run concurrent requests as shared model batches.")
-    ] = False,
+        bool,
+        typer.Option(
+            "--batching/--no-batching",
+            help="Run the requests that arrive together as one model batch (on by default; off: one by one).",
+        ),
+    ] = True,
     workers: Annotated[
         int | None,
         typer.Option(
@@ -81,7 +85,9 @@ def serve_command(
         except (ModelFileError, WorkerStartError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
-        typer.echo(f"serving model {server.model_version} ({options.model_path}, {_layout(server)}) on {server.url}")
+        mode = "batching" if options.batching else "one request at a time"
+        layout = f"{options.model_path}, {_layout(server)}, {mode}"
+        typer.echo(f"serving model {server.model_version} ({layout}) on {server.url}")
         # A bounded wait keeps the main thread responsive to signals on every platform.
         while not stopping.wait(0.5):
             failure = server.failed()

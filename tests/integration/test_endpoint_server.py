@@ -341,7 +341,7 @@ def test_bayroute_serve_runs_in_the_foreground_until_sigterm(tiny_model_path: Pa
     with serve_process(tiny_model_path, "--workers", "1", "--model-threads", "1") as process:
         line = first_line(process)
         assert "serving model tiny-test-1" in line
-        assert "1 model thread)" in line  # read back from the ONNX Runtime session
+        assert "1 model thread, batching)" in line  # threads read back from the ONNX Runtime session
         port = int(line.rsplit(":", 1)[1])
         status, _, body = _post(port, encode(Image.new("RGB", (32, 32), (250, 0, 0)), "PNG"))
         assert status == 200

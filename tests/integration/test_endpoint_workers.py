@@ -147,10 +147,10 @@ def test_a_worker_whose_parent_is_gone_stops_by_itself(tiny_model_path: Path) ->
 
 
 def test_bayroute_serve_with_two_workers_serves_and_stops_on_sigterm(tiny_model_path: Path) -> None:
-    with serve_process(tiny_model_path, "--workers", "2") as process:
+    with serve_process(tiny_model_path, "--workers", "2", "--no-batching") as process:
         line = first_line(process)
         assert "serving model tiny-test-1" in line
-        assert "2 processes, 1 model thread each)" in line  # read back from the workers' sessions
+        assert "2 processes, 1 model thread each, one request at a time)" in line  # threads: the workers' sessions
         port = int(line.rsplit(":", 1)[1])
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         connection.request("POST", "/invocations", body=RED, headers={"Content-Type": "image/png"})
