@@ -308,9 +308,19 @@ def _decode_plain_png(data: bytes, size: int, max_pixels: int) -> np.ndarray | N
             if idat_payloads:
                 idat_run_ended = True
         position = data_end + 4
+    # Inflate here, at most one byte past the rows the header declares (so a zlib bomb stops there), to check that
+    # every row is present: Pillow's decoder would leave missing rows black. The rows then go to Pillow's decoder
+    # as stored (uncompressed) zlib blocks, so this is the only real inflate: no slower than before the check.
+    inflater = zlib.decompressobj()
     try:
-        image = Image.frombytes("RGB", (size, size), b"".join(idat_payloads), "zip", "RGB")
-    except ValueError:  # too little pixel data, or data the decoder rejects: the full path names the error
+        scanlines = inflater.decompress(b"".join(idat_payloads), size * (1 + 3 * size) + 1)
+    except zlib.error:
+        return None  # a corrupt stream: the full path names it
+    if len(scanlines) != size * (1 + 3 * size) or not inflater.eof:
+        return None  # rows missing, data left over, or a cut stream: the full path decides
+    try:
+        image = Image.frombytes("RGB", (size, size), zlib.compress(scanlines, 0), "zip", "RGB")
+    except ValueError:  # a filter type the decoder rejects: the full path names the error
         return None
     return np.asarray(image)
 
@@ -351,6 +361,9 @@ def _decode_resized_rgb(data: bytes, *, size: int, max_pixels: int) -> tuple[Ima
         raise TruncatedImage(truncation, format=fmt, bytes=len(data))
     try:
         image = _open(data, fmt, max_pixels)
+        missing_rows = _png_rows_missing(data, _png_idat_payloads(data), max_pixels) if fmt == "png" else None
+        if missing_rows is not None:
+            raise TruncatedImage(missing_rows, format=fmt, bytes=len(data))
         width, height = image.size
         if fmt == "jpeg":
             image.draft("RGB", (size * _DRAFT_FACTOR, size * _DRAFT_FACTOR))
@@ -361,7 +374,7 @@ def _decode_resized_rgb(data: bytes, *, size: int, max_pixels: int) -> tuple[Ima
         resized = rgb.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=_REDUCING_GAP)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise TooManyPixels(str(exc), format=fmt, max_pixels=max_pixels) from exc
-    except (TooManyPixels, UnsupportedImageFormat):
+    except (TooManyPixels, UnsupportedImageFormat, TruncatedImage):
         raise
     except MemoryError as exc:
         raise TooManyPixels(f"decoding needs more memory than available: {exc}", format=fmt) from exc
@@ -432,6 +445,78 @@ def _png_truncation(data: bytes) -> str | None:
         if chunk_type == b"IEND":
             return None
         position = end
+
+
+def _png_idat_payloads(data: bytes) -> list[memoryview]:
+    """The data of every IDAT chunk of a PNG that ``_png_truncation`` found complete."""
+    view = memoryview(data)
+    payloads = []
+    position = 8
+    while position + 8 <= len(data):
+        length = int.from_bytes(data[position : position + 4], "big")
+        chunk_type = data[position + 4 : position + 8]
+        if chunk_type == b"IDAT":
+            payloads.append(view[position + 8 : position + 8 + length])
+        if chunk_type == b"IEND":
+            break
+        position += 12 + length
+    return payloads
+
+
+def _png_rows_missing(data: bytes, idat_payloads: list[memoryview], max_pixels: int) -> str | None:
+    """Why the pixel data ends before the last row (a complete zlib stream, too short), or None.
+
+    Pillow's decoder takes the end of the zlib stream for the end of the image and leaves the missing rows black,
+    so such a file would be scored as a different picture. Counting the inflated bytes costs one more inflate of
+    the pixel data, 64 KiB at a time, so callers check the pixel limit first; a stream that is not zlib is left
+    to the decoder.
+    """
+    if data[12:16] != b"IHDR" or len(data) < 29:
+        return None  # no header to check against: the decoder names the problem
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    expected = _png_scanline_bytes(width, height, bit_depth=data[24], colour_type=data[25], interlaced=data[28] == 1)
+    if expected is None or width * height > max_pixels:
+        return None
+    inflater = zlib.decompressobj()
+    inflated = 0
+    try:
+        for payload in idat_payloads:
+            pending: bytes | memoryview = payload
+            while pending and not inflater.eof and inflated < expected:
+                inflated += len(inflater.decompress(pending, _INFLATE_STEP))
+                pending = inflater.unconsumed_tail
+            if inflater.eof or inflated >= expected:
+                break
+    except zlib.error:
+        return None
+    if inflated >= expected or not inflater.eof:
+        return None  # every row is there, or the stream is cut, which the decoder reports as truncated
+    return f"PNG pixel data ends after {inflated} of the {expected} bytes its {width}x{height} header declares"
+
+
+# The inflate step of the PNG row count: bounds the memory the check holds at once.
+_INFLATE_STEP = 64 * 1024
+# PNG colour type -> samples per pixel (grey, RGB, palette, grey + alpha, RGBA).
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+# Adam7: (first column, first row, column step, row step) of each of the seven passes.
+_ADAM7_PASSES = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def _png_scanline_bytes(width: int, height: int, *, bit_depth: int, colour_type: int, interlaced: bool) -> int | None:
+    """The inflated size of a PNG's pixel data: each row's filter byte and samples (None: an unknown type)."""
+    samples = _PNG_SAMPLES.get(colour_type)
+    if samples is None or bit_depth not in (1, 2, 4, 8, 16):
+        return None
+
+    def image_bytes(columns: int, rows: int) -> int:
+        return 0 if columns <= 0 or rows <= 0 else rows * (1 + (columns * samples * bit_depth + 7) // 8)
+
+    if not interlaced:
+        return image_bytes(width, height)
+    return sum(
+        image_bytes(-(-(width - column) // column_step), -(-(height - row) // row_step))
+        for column, row, column_step, row_step in _ADAM7_PASSES
+    )
 
 
 def _jpeg_truncation(data: bytes) -> str | None:

@@ -106,6 +106,19 @@ def truncated_png() -> bytes:
     return data[: len(data) // 2]
 
 
+def png_missing_rows() -> bytes:
+    """A 64x48 RGB PNG whose zlib stream is complete but holds only its first 24 rows (a decoder that takes the
+    stream's end for the image's end would fill the rest with black)."""
+    header = struct.pack(">IIBBBBB", 64, 48, 8, 2, 0, 0, 0)
+    rows = b"".join(b"\x00" + bytes(range(192)) for _ in range(24))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(rows))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
 def truncated_jpeg() -> bytes:
     data = encode(photo_like(640, 480, seed=2), "JPEG", quality=90)
     return data[: len(data) * 2 // 3]
@@ -195,6 +208,7 @@ _CASES: tuple[tuple[str, str, Callable[[], bytes], str, str, tuple[int, int] | N
     ("text_named_png", "letter.png", text_named_png, "not_an_image", "plain text with a .png name", None),
     ("truncated_png", "cut.png", truncated_png, "truncated_image", "a PNG cut in half", None),
     ("truncated_jpeg", "cut.jpg", truncated_jpeg, "truncated_image", "a JPEG missing its last third", None),
+    ("png_rows_missing", "half.png", png_missing_rows, "truncated_image", "a PNG whose pixels stop halfway", None),
     ("decompression_bomb", "bomb.png", decompression_bomb, "too_many_pixels", "tiny PNG declaring 30000x30000", None),
     ("over_pixel_limit", "huge.png", over_pixel_limit, "too_many_pixels", "a small PNG declaring 10000x5000", None),
     ("png_16bit", "deep.png", png_16bit, OK, "16-bit grayscale PNG (mode I;16)", (64, 48)),

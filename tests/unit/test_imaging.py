@@ -26,6 +26,9 @@ from bayroute.imaging import (
     InputStats,
     _decode_plain_png,
     _decode_resized_rgb,
+    _png_idat_payloads,
+    _png_rows_missing,
+    _png_scanline_bytes,
     decode_png_payload,
     prepare_image,
     sniff_format,
@@ -553,6 +556,8 @@ NOT_PLAIN: dict[str, bytes] = {
     "garbage_zlib_stream": _with_idat(bytes(byte ^ 0x5A for byte in PLAIN_STREAM)),
     "unknown_filter_type": _with_idat(zlib.compress(_filtered_rows(_pixels(), [0]).replace(b"\x00", b"\x07", 1))),
     "no_idat": PNG_SIGNATURE + _ihdr() + _chunk(b"IEND", b""),
+    # A zlib bomb behind a model-size header: the fast path stops inflating one byte past the image.
+    "megabyte_past_the_last_row": _with_idat(zlib.compress(_filtered_rows(_pixels(), [0]) + bytes(1 << 20))),
     "jpeg": encode(photo_like(SIZE, SIZE), "JPEG"),
     "empty": b"",
 }
@@ -582,13 +587,52 @@ def test_broken_pixel_data_at_the_model_size_keeps_its_named_errors() -> None:
         assert caught.value.facts["format"] == "png", name
 
 
-def test_a_zlib_stream_that_ends_before_the_last_row_decodes_as_in_the_full_path() -> None:
-    # A complete zlib stream holding half the rows: Pillow's decoder takes the stream's end as the image's end in
-    # both paths (the missing rows come out black); the fast path must not answer differently.
-    data = _with_idat(zlib.compress(_filtered_rows(_pixels()[:16], [0])))
-    plain = _decode_plain_png(data, SIZE, LIMIT)
-    assert plain is not None
-    assert np.array_equal(plain, _full_path(data))
+@pytest.mark.parametrize(
+    ("name", "array", "interlace"),
+    [("model size", _pixels(), False), ("resized", _pixels(size=48), False), ("interlaced", _pixels(size=37), True)],
+)
+def test_a_complete_zlib_stream_without_the_last_rows_is_a_truncated_image(
+    name: str, array: np.ndarray, interlace: bool
+) -> None:
+    # Pillow's decoder takes the stream's end for the image's end and leaves the missing rows black: a different
+    # picture, scored without a word. Every path names it instead.
+    whole = _png(array, interlace=interlace)
+    stream = _idat_stream(whole)
+    short = _with_idat(zlib.compress(zlib.decompress(stream)[:-40]), header=whole[8:33])
+    assert _decode_plain_png(short, SIZE, LIMIT) is None
+    for decode in (lambda: decode_png_payload(short, SIZE), lambda: prepare_image(short, size=SIZE, max_pixels=LIMIT)):
+        with pytest.raises(TruncatedImage, match="PNG pixel data ends after"):
+            decode()
+    assert decode_png_payload(whole, SIZE).shape == (SIZE, SIZE, 3), name
+    height, width, _ = array.shape
+    declared = _png_scanline_bytes(width, height, bit_depth=8, colour_type=2, interlaced=interlace)
+    assert declared == len(zlib.decompress(stream))
+
+
+@pytest.mark.parametrize(
+    ("mode", "options"),
+    [
+        ("1", {}),
+        ("L", {}),
+        ("LA", {}),
+        ("P", {"bits": 2}),
+        ("P", {"bits": 4}),
+        ("P", {}),
+        ("RGB", {}),
+        ("RGBA", {}),
+        ("I;16", {}),
+    ],
+)
+def test_every_complete_png_layout_passes_the_row_count(mode: str, options: dict[str, int]) -> None:
+    # The count of pixel bytes a header declares, for each bit depth and colour type Pillow writes, at sizes whose
+    # rows do not fill whole bytes.
+    image = photo_like(37, 29).convert("L").convert(mode) if mode in ("1", "I;16") else photo_like(37, 29).convert(mode)
+    data = encode(image, "PNG", **options)
+    bit_depth, colour_type = data[24], data[25]
+    declared = _png_scanline_bytes(37, 29, bit_depth=bit_depth, colour_type=colour_type, interlaced=False)
+    assert declared == len(zlib.decompress(b"".join(_png_idat_payloads(data))))
+    assert _png_rows_missing(data, _png_idat_payloads(data), LIMIT) is None
+    assert prepare_image(data, size=SIZE, max_pixels=LIMIT).array.shape == (SIZE, SIZE, 3)
 
 
 def test_the_fast_path_keeps_the_callers_pixel_limit() -> None:
