@@ -2,7 +2,7 @@
 
 The local stack runs the workflow on moto 5.2.5, whose hot path redoes fixed work on every request or
 execution. Measured on 2 cores with the real workflow, that work dominated each image's journey. ``apply()``
-patches nine places, each a cache or a cheaper way to something moto recomputes on every call:
+patches ten places, each a cache or a cheaper way to something moto recomputes on every call:
 
 1. ``DomainDispatcherApplication.get_backend_for_host`` (every API request, under one global lock): lists
    moto's package folder with a ``stat`` per entry, then tries every backend URL pattern. The answer depends
@@ -38,8 +38,17 @@ patches nine places, each a cache or a cheaper way to something moto recomputes 
    the idempotency record's completion on each object): ``copy.deepcopy`` of the tree of about fifty plain
    objects takes close to a millisecond; a pickle round trip makes the same independent copy about eight
    times faster. Anything else that module copies still goes through ``copy.deepcopy``.
+10. ``_invoke_lambda_function`` of the interpreter's Lambda task (three per image): a boto3 ``lambda.invoke``
+   whose request botocore serialises and signs, the stack's Invoke middleware parses and answers by running
+   the handler in this very thread, and botocore parses back: about 1.3 ms of client-side CPU per task in a
+   slow hour, besides the handler. For the functions the stack registers (``serve_in_process``), a
+   synchronous invoke now runs ``lambda_api.invoke``, the middleware's own call, directly, and answers what
+   botocore would have parsed from the middleware's answer: status 200, version ``$LATEST``, the payload, and
+   ``FunctionError: Unhandled`` when the handler raised, so the interpreter sees the same results, error
+   names and causes. Any other invoke (another endpoint, an asynchronous or qualified one, a function the
+   stack does not know) takes the original path.
 
-And ``serve_in_process(url, app)`` short-circuits the transport: a botocore request from this process to the
+And ``serve_in_process(url, app, functions)`` short-circuits the transport: a botocore request from this process to the
 local stack's own URL (``http://127.0.0.1:PORT``, or ``http://localhost:PORT`` as the interpreter calls it) is
 handed to the stack's WSGI application directly, with the WSGI environment werkzeug's server would have built
 from the same bytes (moto's header-name preservation included), instead of a TCP connection, a server thread
@@ -56,12 +65,13 @@ from __future__ import annotations
 import copy
 import functools
 import importlib
+import io
 import json
 import pickle
 import sys
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jsonpath_ng.ext as jsonpath_ext
@@ -83,8 +93,11 @@ from moto.sqs.models import SQSBackend
 from moto.stepfunctions.parser.asl.component.common.path import result_path
 from moto.stepfunctions.parser.asl.component.component import Component
 from moto.stepfunctions.parser.asl.component.eval_component import EvalComponent
+from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
 from moto.stepfunctions.parser.asl.utils import boto_client, json_path
 from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
+
+from bayroute.local import lambda_api
 
 # The moto modules that bind ``boto_client_for`` by name (``from ...boto_client import boto_client_for``).
 BOTO_CLIENT_MODULES = (
@@ -281,8 +294,49 @@ def copy_expression_tree(value: Any, memo: dict[int, Any] | None = None) -> Any:
     return copy.deepcopy(value, memo)
 
 
+# -- 10. the interpreter's Lambda tasks, handed to the stack's functions directly -----------------------------
+
+# The parameters a synchronous, unqualified invoke carries (the payload is optional).
+_DIRECT_INVOKE_PARAMETERS = frozenset({"FunctionName", "Payload", "InvocationType"})
+
+
+def _direct_lambda_invoke(original: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    @functools.wraps(original)
+    def _invoke_lambda_function(parameters: dict[str, Any], region: str, state_credentials: Any) -> dict[str, Any]:
+        function = _direct_function(parameters, region, state_credentials)
+        if function is None:
+            return original(parameters=parameters, region=region, state_credentials=state_credentials)
+        payload = parameters.get("Payload") or b""
+        body, failed = lambda_api.invoke(function, payload if isinstance(payload, bytes) else payload.encode())
+        response: dict[str, Any] = {
+            "StatusCode": 200,
+            "ExecutedVersion": "$LATEST",
+            "Payload": lambda_eval_utils._from_payload(io.BytesIO(body)),
+        }
+        if failed:
+            response["FunctionError"] = "Unhandled"
+        return response
+
+    return _patched(_invoke_lambda_function)
+
+
+def _direct_function(
+    parameters: dict[str, Any], region: str, state_credentials: Any
+) -> lambda_api.LocalFunction | None:
+    """The registered function a synchronous invoke of the stack's endpoint names, or None."""
+    if not _functions or not set(parameters) <= _DIRECT_INVOKE_PARAMETERS:
+        return None
+    if parameters.get("InvocationType", "RequestResponse") != "RequestResponse":
+        return None
+    client = lambda_eval_utils.boto_client_for(region=region, service="lambda", state_credentials=state_credentials)
+    functions = _functions.get(str(client.meta.endpoint_url).rstrip("/"))
+    if functions is None:
+        return None
+    return functions.get(lambda_api.function_name_from_path(str(parameters.get("FunctionName", ""))))
+
+
 def apply() -> None:
-    """Install the nine patches and the in-process transport hook (once per process)."""
+    """Install the ten patches and the in-process transport hook (once per process)."""
     with _lock:
         if is_applied():
             return
@@ -305,6 +359,7 @@ def apply() -> None:
             SQSBackend.is_message_valid_based_on_retention_period
         )
         dynamodb_validators.deepcopy = copy_expression_tree
+        lambda_eval_utils._invoke_lambda_function = _direct_lambda_invoke(lambda_eval_utils._invoke_lambda_function)
         # Last: is_applied() reads this one.
         DomainDispatcherApplication.get_backend_for_host = _cached_backend_lookup(  # type: ignore[method-assign,assignment]
             DomainDispatcherApplication.get_backend_for_host
@@ -324,6 +379,7 @@ def cached_client_services() -> set[str]:
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 _apps: dict[str, WsgiApp] = {}  # "http://127.0.0.1:PORT" and "http://localhost:PORT" → the stack's application
+_functions: dict[str, Mapping[str, lambda_api.LocalFunction]] = {}  # the same origins → the stack's functions
 _METHODS_EXPECTING_BODY = frozenset({"PATCH", "POST", "PUT"})  # http.client sends Content-Length: 0 for these
 
 
@@ -337,12 +393,15 @@ def _origins(url: str) -> list[str]:
     return [f"http://{host}:{parts.port}" for host in sorted(h for h in hosts if h)]
 
 
-def serve_in_process(url: str, app: WsgiApp) -> None:
-    """Route this process's botocore requests for ``url`` (and its loopback aliases) to ``app``; applies the caches."""
+def serve_in_process(url: str, app: WsgiApp, functions: Mapping[str, lambda_api.LocalFunction] | None = None) -> None:
+    """Route this process's botocore requests for ``url`` (and its loopback aliases) to ``app``, and the
+    interpreter's synchronous invokes of ``functions`` (by name) straight to them; applies the caches."""
     apply()
     with _lock:
         for origin in _origins(url):
             _apps[origin] = app
+            if functions is not None:
+                _functions[origin] = functions
 
 
 def stop_serving_in_process(url: str) -> None:
@@ -350,6 +409,7 @@ def stop_serving_in_process(url: str) -> None:
     with _lock:
         for origin in _origins(url):
             _apps.pop(origin, None)
+            _functions.pop(origin, None)
 
 
 def serving_in_process(url: str) -> bool:

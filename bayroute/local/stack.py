@@ -130,7 +130,7 @@ class LocalStack:
         self._server.app = app
         # moto's own request handling dominates the local pipeline: cache what it recomputes per call, and
         # serve this process's AWS calls in process instead of over loopback TCP.
-        fastpath.serve_in_process(aws_url, app)
+        fastpath.serve_in_process(aws_url, app, self.functions)
         self._server_thread = threading.Thread(target=self._server.serve_forever, name="moto", daemon=True)
         self._server_thread.start()
         # moto's backends live as long as the process: start each stack from an empty account.

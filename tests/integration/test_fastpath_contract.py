@@ -32,6 +32,7 @@ from moto.sqs.responses import SQSResponse
 from moto.stepfunctions import parser as sfn_parser
 from moto.stepfunctions.parser.asl.component.common.path import result_path
 from moto.stepfunctions.parser.asl.component.eval_component import EvalComponent
+from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
 from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
 from moto.stepfunctions.parser.asl.utils import boto_client, json_path
 from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
@@ -39,7 +40,7 @@ from werkzeug.serving import make_server
 
 from bayroute.config import REPO_ROOT
 from bayroute.local import fastpath
-from bayroute.local.lambda_api import LambdaInvokeMiddleware, LocalFunction, function_arn
+from bayroute.local.lambda_api import INVOKE_PATH, LambdaInvokeMiddleware, LocalFunction, function_arn
 
 REGION = "us-east-1"
 # Headers that differ between any two botocore calls (request ids, signing time).
@@ -112,6 +113,13 @@ def test_every_patched_place_is_still_where_moto_keeps_it() -> None:
     assert '"MessageRetentionPeriod"' in inspect.getsource(retention_check.__wrapped__)  # type: ignore[attr-defined]
     assert "self.node_to_validate = deepcopy(expression)" in inspect.getsource(dynamodb_validators.Validator)
     assert dynamodb_validators.deepcopy is fastpath.copy_expression_tree
+    # The interpreter's Lambda tasks reach the function through this module global, by keyword.
+    assert getattr(lambda_eval_utils._invoke_lambda_function, "__bayroute_fastpath__", False)
+    invoke = lambda_eval_utils._invoke_lambda_function.__wrapped__  # type: ignore[attr-defined]
+    assert list(inspect.signature(invoke).parameters) == ["parameters", "region", "state_credentials"]
+    assert "_invoke_lambda_function(\n            parameters=parameters" in inspect.getsource(
+        lambda_eval_utils.execute_lambda_function_integration
+    )
 
 
 def test_error_answers_keep_their_codes_with_the_error_table_cached() -> None:
@@ -260,13 +268,24 @@ def test_the_application_sees_what_werkzeugs_server_would_have_given_it(key: str
 @pytest.fixture
 def moto_app(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, dict[str, LocalFunction]]]:
     """moto's application with the Lambda Invoke API in front, as the local stack builds it, served and in process."""
-    functions = {"double": LocalFunction("double", lambda event, _ctx: {"value": event["value"] * 2})}
+    functions = {
+        "double": LocalFunction("double", lambda event, _ctx: {"value": event["value"] * 2}),
+        "refuse": LocalFunction("refuse", _refuse),
+    }
     app = LambdaInvokeMiddleware(DomainDispatcherApplication(create_backend_app), functions)
     with _Served(app) as served:
         monkeypatch.setenv("MOTO_PORT", str(served.server.server_port))
         _client("s3", served.url)  # (a session exists before registration, as in the stack)
-        fastpath.serve_in_process(served.url, app)
+        fastpath.serve_in_process(served.url, app, functions)
         yield served.url, functions
+
+
+class NotAVehicle(ValueError):
+    """A handler's named error: its class name is the error name the workflow's Catch sees."""
+
+
+def _refuse(event: dict[str, Any], _context: Any) -> dict[str, Any]:
+    raise NotAVehicle(f"no vehicle in {event['key']}")
 
 
 def test_s3_and_sqs_answer_the_same_in_process_as_over_the_socket(moto_app: tuple[str, Any]) -> None:
@@ -297,10 +316,7 @@ def test_s3_and_sqs_answer_the_same_in_process_as_over_the_socket(moto_app: tupl
     assert scenario("socket-bucket") == in_process
 
 
-def test_the_interpreter_runs_in_process_with_one_program_and_one_client_per_service(
-    moto_app: tuple[str, dict[str, LocalFunction]],
-) -> None:
-    url, functions = moto_app
+def _run_state_machines(url: str) -> None:
     request = urllib.request.Request(
         f"{url}/moto-api/config",
         data=json.dumps({"stepfunctions": {"execute_state_machine": True}}).encode(),
@@ -308,41 +324,95 @@ def test_the_interpreter_runs_in_process_with_one_program_and_one_client_per_ser
         method="POST",
     )
     urllib.request.urlopen(request, timeout=10).read()
+
+
+def _one_task_machine(url: str, name: str, function: str, payload: dict[str, str]) -> tuple[Any, str, str]:
+    """(Step Functions client, machine ARN, definition) of a machine that invokes ``function`` once."""
     definition = json.dumps(
         {
-            "StartAt": "Double",
+            "StartAt": "Call",
             "States": {
-                "Double": {
+                "Call": {
                     "Type": "Task",
                     "Resource": "arn:aws:states:::lambda:invoke",
-                    "Parameters": {"FunctionName": function_arn("double"), "Payload": {"value.$": "$.value"}},
+                    "Parameters": {"FunctionName": function_arn(function), "Payload": payload},
                     "ResultSelector": {"value.$": "$.Payload.value"},
-                    "ResultPath": "$.doubled",
+                    "ResultPath": "$.result",
                     "Next": "Done",
                 },
-                "Done": {"Type": "Pass", "InputPath": "$.doubled", "End": True},
+                "Done": {"Type": "Pass", "InputPath": "$.result", "End": True},
             },
         }
     )
     sfn = _client("stepfunctions", url)
     machine = sfn.create_state_machine(
-        name="fastpath-contract", definition=definition, roleArn="arn:aws:iam::123456789012:role/r", type="EXPRESS"
+        name=name, definition=definition, roleArn="arn:aws:iam::123456789012:role/r", type="EXPRESS"
     )["stateMachineArn"]
+    return sfn, machine, definition
+
+
+def _finished(sfn: Any, machine: str, name: str, value: dict[str, Any]) -> dict[str, Any]:
+    arn = sfn.start_execution(stateMachineArn=machine, name=name, input=json.dumps(value))["executionArn"]
+    deadline = time.monotonic() + 30
+    while (described := sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
+        assert time.monotonic() < deadline, "the execution did not finish"
+        time.sleep(0.05)
+    return dict(described)
+
+
+def _invoke_requests(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The Lambda Invoke requests that reach the stack's middleware from now on (paths)."""
+    seen: list[str] = []
+    middleware = LambdaInvokeMiddleware.__call__
+
+    def counted(self: LambdaInvokeMiddleware, environ: dict[str, Any], start_response: Any) -> Any:
+        if INVOKE_PATH.match(environ.get("PATH_INFO", "")):
+            seen.append(environ["PATH_INFO"])
+        return middleware(self, environ, start_response)
+
+    monkeypatch.setattr(LambdaInvokeMiddleware, "__call__", counted)
+    return seen
+
+
+def test_the_interpreter_runs_in_process_with_one_program_and_one_client_per_service(
+    moto_app: tuple[str, dict[str, LocalFunction]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, functions = moto_app
+    _run_state_machines(url)
+    sfn, machine, definition = _one_task_machine(url, "fastpath-contract", "double", {"value.$": "$.value"})
+    invoke_requests = _invoke_requests(monkeypatch)
     outputs = []
     for value in (2, 5):
-        arn = sfn.start_execution(stateMachineArn=machine, name=f"run-{value}", input=json.dumps({"value": value}))[
-            "executionArn"
-        ]
-        deadline = time.monotonic() + 30
-        while (described := sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
-            assert time.monotonic() < deadline, "the execution did not finish"
-            time.sleep(0.05)
+        described = _finished(sfn, machine, f"run-{value}", {"value": value})
         assert described["status"] == "SUCCEEDED", described
         outputs.append(json.loads(described["output"]))
     assert outputs == [{"value": 4}, {"value": 10}]
     assert functions["double"].invocations == 2
+    assert invoke_requests == []  # the tasks called the function directly, not through botocore and the middleware
     assert fastpath.program_cached(definition)  # parsed once, run twice
     assert "lambda" in fastpath.cached_client_services()
+
+
+def test_a_direct_invoke_fails_with_the_error_name_and_cause_that_the_invoke_api_gives(
+    moto_app: tuple[str, dict[str, LocalFunction]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, functions = moto_app
+    _run_state_machines(url)
+    sfn, machine, _ = _one_task_machine(url, "fastpath-refuse", "refuse", {"key.$": "$.key"})
+    invoke_requests = _invoke_requests(monkeypatch)
+    direct = _finished(sfn, machine, "direct", {"key": "cat.png"})
+    assert invoke_requests == []
+    app = LambdaInvokeMiddleware(DomainDispatcherApplication(create_backend_app), functions)
+    fastpath.stop_serving_in_process(url)
+    fastpath.serve_in_process(url, app)  # the transport stays in process; invokes go through the Invoke API
+    through_the_api = _finished(sfn, machine, "through-the-api", {"key": "cat.png"})
+    assert len(invoke_requests) == 1
+    assert direct["status"] == through_the_api["status"] == "FAILED"
+    assert direct["error"] == through_the_api["error"] == "NotAVehicle"
+    direct_cause, api_cause = json.loads(direct["cause"]), json.loads(through_the_api["cause"])
+    assert direct_cause == api_cause
+    assert direct_cause["errorType"] == "NotAVehicle" and direct_cause["errorMessage"] == "no vehicle in cat.png"
+    assert functions["refuse"].errors == 2
 
 
 def test_a_shared_program_has_every_heap_key_drawn_before_executions_use_it() -> None:
