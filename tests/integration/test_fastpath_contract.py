@@ -10,7 +10,6 @@ import json
 import pkgutil
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,6 +40,7 @@ from werkzeug.serving import make_server
 from bayroute.config import REPO_ROOT
 from bayroute.local import fastpath
 from bayroute.local.lambda_api import INVOKE_PATH, LambdaInvokeMiddleware, LocalFunction, function_arn
+from bayroute.local.stack import run_state_machines
 
 REGION = "us-east-1"
 # Headers that differ between any two botocore calls (request ids, signing time).
@@ -316,16 +316,6 @@ def test_s3_and_sqs_answer_the_same_in_process_as_over_the_socket(moto_app: tupl
     assert scenario("socket-bucket") == in_process
 
 
-def _run_state_machines(url: str) -> None:
-    request = urllib.request.Request(
-        f"{url}/moto-api/config",
-        data=json.dumps({"stepfunctions": {"execute_state_machine": True}}).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    urllib.request.urlopen(request, timeout=10).read()
-
-
 def _one_task_machine(url: str, name: str, function: str, payload: dict[str, str]) -> tuple[Any, str, str]:
     """(Step Functions client, machine ARN, definition) of a machine that invokes ``function`` once."""
     definition = json.dumps(
@@ -378,7 +368,7 @@ def test_the_interpreter_runs_in_process_with_one_program_and_one_client_per_ser
     moto_app: tuple[str, dict[str, LocalFunction]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url, functions = moto_app
-    _run_state_machines(url)
+    run_state_machines(url, enabled=True)
     sfn, machine, definition = _one_task_machine(url, "fastpath-contract", "double", {"value.$": "$.value"})
     invoke_requests = _invoke_requests(monkeypatch)
     outputs = []
@@ -397,7 +387,7 @@ def test_a_direct_invoke_fails_with_the_error_name_and_cause_that_the_invoke_api
     moto_app: tuple[str, dict[str, LocalFunction]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url, functions = moto_app
-    _run_state_machines(url)
+    run_state_machines(url, enabled=True)
     sfn, machine, _ = _one_task_machine(url, "fastpath-refuse", "refuse", {"key.$": "$.key"})
     invoke_requests = _invoke_requests(monkeypatch)
     direct = _finished(sfn, machine, "direct", {"key": "cat.png"})
