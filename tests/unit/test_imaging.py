@@ -609,6 +609,30 @@ def test_a_complete_zlib_stream_without_the_last_rows_is_a_truncated_image(
     assert declared == len(zlib.decompress(stream))
 
 
+def test_the_declared_pixel_bytes_follow_the_png_specification_at_every_small_size() -> None:
+    # Counted the slow way: each Adam7 pass's pixels enumerated; an empty pass has no rows and no filter bytes.
+    for width in range(1, 18):
+        for height in range(1, 18):
+            for bit_depth, colour_type, samples in ((1, 0, 1), (4, 3, 1), (8, 2, 3), (16, 6, 4)):
+                passes = [
+                    (len(range(column, width, column_step)), len(range(row, height, row_step)))
+                    for column, row, column_step, row_step in ADAM7_PASSES
+                ]
+                interlaced = sum(
+                    rows * (1 + -(-columns * samples * bit_depth // 8)) for columns, rows in passes if columns and rows
+                )
+                plain = height * (1 + -(-width * samples * bit_depth // 8))
+                size = (width, height)
+                assert (
+                    _png_scanline_bytes(width, height, bit_depth=bit_depth, colour_type=colour_type, interlaced=True)
+                    == interlaced
+                ), size
+                assert (
+                    _png_scanline_bytes(width, height, bit_depth=bit_depth, colour_type=colour_type, interlaced=False)
+                    == plain
+                ), size
+
+
 @pytest.mark.parametrize(
     ("mode", "options"),
     [
