@@ -298,6 +298,19 @@ def test_a_model_failure_is_500(classifier: OnnxClassifier, monkeypatch: pytest.
     assert json.loads(body) == {"error": "model_error", "detail": "RuntimeError: ORT session exploded"}
 
 
+def test_a_model_that_answers_too_few_rows_is_a_500_for_each_request_not_a_hang(
+    classifier: OnnxClassifier, monkeypatch: pytest.MonkeyPatch, real_images: list[tuple[str, bytes]]
+) -> None:
+    real_predict = classifier.predict
+    monkeypatch.setattr(classifier, "predict", lambda images: real_predict(images)[:-1])
+    with ModelServer(classifier, "127.0.0.1", 0, max_request_bytes=MAX_REQUEST_BYTES) as running:
+        status, _, body = _post(running.port, real_images[0][1])
+        monkeypatch.setattr(classifier, "predict", real_predict)
+        assert _post(running.port, real_images[0][1])[0] == 200  # and the server goes on
+    assert status == 500
+    assert json.loads(body) == {"error": "model_error", "detail": "ValueError: the model answered 0 rows for 1 images"}
+
+
 def test_stop_finishes_requests_in_progress_and_closes_idle_connections(
     classifier: OnnxClassifier, monkeypatch: pytest.MonkeyPatch
 ) -> None:
