@@ -32,6 +32,7 @@ from __future__ import annotations
 import importlib
 import io
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -282,13 +283,7 @@ def _decode_plain_png(data: bytes, size: int, max_pixels: int) -> np.ndarray | N
     view = memoryview(data)
     idat_payloads: list[memoryview] = []
     idat_run_ended = False
-    position = 8
-    while True:
-        if position + 12 > len(data):
-            return None  # cut inside a chunk header
-        length = int.from_bytes(view[position : position + 4], "big")
-        chunk_type = bytes(view[position + 4 : position + 8])
-        data_end = position + 8 + length
+    for chunk_type, position, data_end in _png_chunks(data):
         if data_end + 4 > len(data):
             return None  # cut inside a chunk
         if zlib.crc32(view[position + 4 : data_end]) != int.from_bytes(view[data_end : data_end + 4], "big"):
@@ -299,7 +294,7 @@ def _decode_plain_png(data: bytes, size: int, max_pixels: int) -> np.ndarray | N
                 return None  # Pillow stops reading pixels at the first chunk after the IDAT run
             idat_payloads.append(chunk_data)
         elif chunk_type == b"IEND":
-            if length != 0 or data_end + 4 != len(data) or not idat_payloads:
+            if chunk_data or data_end + 4 != len(data) or not idat_payloads:
                 return None  # bytes after the end, or no pixel data at all
             break
         elif position != 8:  # the IHDR, checked above, comes first
@@ -307,7 +302,8 @@ def _decode_plain_png(data: bytes, size: int, max_pixels: int) -> np.ndarray | N
                 return None
             if idat_payloads:
                 idat_run_ended = True
-        position = data_end + 4
+    else:
+        return None  # cut inside a chunk header, before IEND
     # Inflate here, at most one byte past the rows the header declares (so a zlib bomb stops there), to check that
     # every row is present: Pillow's decoder would leave missing rows black. The rows then go to Pillow's decoder
     # as stored (uncompressed) zlib blocks, so this is the only real inflate: no slower than before the check.
@@ -429,38 +425,35 @@ def _truncation(fmt: str, data: bytes) -> str | None:
     return None
 
 
-def _png_truncation(data: bytes) -> str | None:
+def _png_chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:
+    """(type, start, end of data) of each chunk of a PNG whose header is present, up to IEND. A chunk may run past
+    the end of ``data`` (``end + 4``, its CRC included, beyond ``len(data)``): the caller decides what that means."""
     position = 8
-    while True:
-        if position + 8 > len(data):
-            return f"PNG data ends at byte {len(data)}, inside a chunk header, before the IEND chunk"
-        length = int.from_bytes(data[position : position + 4], "big")
+    while position + 8 <= len(data):
         chunk_type = data[position + 4 : position + 8]
-        end = position + 12 + length
-        if end > len(data):
+        data_end = position + 8 + int.from_bytes(data[position : position + 4], "big")
+        yield chunk_type, position, data_end
+        if chunk_type == b"IEND":
+            return
+        position = data_end + 4
+
+
+def _png_truncation(data: bytes) -> str | None:
+    for chunk_type, position, data_end in _png_chunks(data):
+        if data_end + 4 > len(data):
             return (
-                f"PNG chunk {chunk_type.decode('latin-1')!r} at byte {position} needs {length} data bytes; "
-                f"the file ends at byte {len(data)}"
+                f"PNG chunk {chunk_type.decode('latin-1')!r} at byte {position} needs {data_end - position - 8} "
+                f"data bytes; the file ends at byte {len(data)}"
             )
         if chunk_type == b"IEND":
             return None
-        position = end
+    return f"PNG data ends at byte {len(data)}, inside a chunk header, before the IEND chunk"
 
 
 def _png_idat_payloads(data: bytes) -> list[memoryview]:
     """The data of every IDAT chunk of a PNG that ``_png_truncation`` found complete."""
     view = memoryview(data)
-    payloads = []
-    position = 8
-    while position + 8 <= len(data):
-        length = int.from_bytes(data[position : position + 4], "big")
-        chunk_type = data[position + 4 : position + 8]
-        if chunk_type == b"IDAT":
-            payloads.append(view[position + 8 : position + 8 + length])
-        if chunk_type == b"IEND":
-            break
-        position += 12 + length
-    return payloads
+    return [view[start + 8 : end] for chunk_type, start, end in _png_chunks(data) if chunk_type == b"IDAT"]
 
 
 def _png_rows_missing(data: bytes, idat_payloads: list[memoryview], max_pixels: int) -> str | None:
