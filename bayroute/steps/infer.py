@@ -29,7 +29,7 @@ from bayroute.capture import capture_record
 from bayroute.config import Settings
 from bayroute.domain import Prediction, WorkflowRequest
 from bayroute.errors import InvalidEvent, ModelError
-from bayroute.serving import format_custom_attributes, parse_custom_attributes
+from bayroute.serving import format_custom_attributes, parse_custom_attributes, percent_encode
 
 # Inference ids are UUIDs in this namespace, named by "<idempotency key>-<attempt>".
 INFERENCE_NAMESPACE = uuid.UUID("6f1d3c2e-5b7a-4e0f-9c1d-2a8b4e6f0c3d")
@@ -52,12 +52,10 @@ def inference_id_for(request: WorkflowRequest) -> str:
 def capture_attributes(model_version: str, labels: list[str], object_key: str, input_stats: Mapping[str, Any]) -> str:
     """The capture record's custom attributes: the endpoint's pairs, then ``object_key`` and ``input_stats``."""
 
-    def quote(text: str) -> str:
-        return urllib.parse.quote(text, safe="")
-
     stats = json.dumps(dict(input_stats), separators=(",", ":"), sort_keys=True)
     return (
-        f"{format_custom_attributes(model_version, labels)},object_key={quote(object_key)},input_stats={quote(stats)}"
+        f"{format_custom_attributes(model_version, labels)},object_key={percent_encode(object_key)},"
+        f"input_stats={percent_encode(stats)}"
     )
 
 

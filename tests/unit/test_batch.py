@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import threading
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from bayroute.batch import (
     CaptureFiles,
     DecodeConfig,
     Target,
+    _read_file,
     decode_chunk,
     decode_image,
     is_model_size_png,
@@ -28,6 +30,7 @@ from bayroute.batch import (
 )
 from bayroute.capture import parse_capture_line
 from bayroute.config import load_settings
+from bayroute.errors import ObjectMissing, TooLarge
 from bayroute.imaging import prepare_image
 from bayroute.model.onnx_model import ModelFileError
 from bayroute.steps.infer import capture_context
@@ -130,6 +133,47 @@ def test_unreadable_and_bad_images_become_their_reasons(tmp_path: Path) -> None:
     fine = decoded[3]
     assert fine.pixels is not None and len(fine.pixels) == SIZE * SIZE * 3
     assert fine.digest and fine.stats is not None and fine.png == files["fine.png"]
+
+
+@pytest.mark.parametrize("size", [1, 4095, 4096, 70_000])
+def test_a_file_is_read_whole_up_to_the_limit(tmp_path: Path, size: int) -> None:
+    path = tmp_path / "image.bin"
+    content = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+    path.write_bytes(content)
+    assert _read_file(str(path), max_bytes=size) == content
+    with pytest.raises(TooLarge, match=f"{size} bytes, over the limit of {size - 1}"):
+        _read_file(str(path), max_bytes=size - 1)
+
+
+@pytest.mark.parametrize(("written", "limit", "outcome"), [(10, 100, "whole"), (10, 5, "too_large")])
+def test_a_file_that_grows_while_read_is_read_on_and_held_to_the_limit(
+    tmp_path: Path, written: int, limit: int, outcome: str
+) -> None:
+    # A named pipe states a size of 0 and then delivers more: as a file that grows after it was measured.
+    pipe = tmp_path / "growing"
+    os.mkfifo(pipe)
+
+    def write() -> None:
+        with open(pipe, "wb") as file:
+            file.write(bytes(range(written)))
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        if outcome == "whole":
+            assert _read_file(str(pipe), max_bytes=limit) == bytes(range(written))
+        else:
+            with pytest.raises(TooLarge) as error:
+                _read_file(str(pipe), max_bytes=limit)
+            assert error.value.reason == "too_large" and error.value.facts["bytes"] == limit + 1
+    finally:
+        writer.join(timeout=5)
+
+
+def test_a_folder_or_a_missing_file_is_object_missing_by_name(tmp_path: Path) -> None:
+    for path in (tmp_path, tmp_path / "gone.png"):
+        with pytest.raises(ObjectMissing, match=f"cannot read {path}"):
+            _read_file(str(path), max_bytes=100)
 
 
 def _folder(tmp_path: Path) -> Path:
