@@ -11,6 +11,10 @@ moment the handler returned its first answer, and its breakdown separates interp
 imports, and the first invocation (clients, model load, the work itself). The last repeat also times warm
 invocations of infer, for the cost figures.
 
+After each infer cold start, ``python -m bench.coldstart_floor`` measures the floor under it: a fresh process that
+only imports numpy, ONNX Runtime and botocore, creates the S3 client and loads the model, which any in-Lambda
+ONNX function of this design must do before answering. The details give its breakdown and infer's time over it.
+
 The first-party code is byte-compiled first, as the deployment package ships it (``infra/package.py``): the
 children run with whatever ``PYTHONDONTWRITEBYTECODE`` says, and would otherwise compile every bayroute module
 from source on each start, which no deployed function does.
@@ -51,6 +55,7 @@ def measure(settings: Settings, png: bytes, repeats: int) -> tuple[list[Figure],
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in FUNCTIONS}
+    floors: list[dict[str, float]] = []
     warm: list[float] = []
     host, port = server.get_host_and_port()
     url = f"http://{host}:{port}"
@@ -93,14 +98,19 @@ def measure(settings: Settings, png: bytes, repeats: int) -> tuple[list[Figure],
                 answers[name] = report["answer"]
                 runs[name].append(report["times"])
                 warm.extend(report["warm_ms"])
+            floors.append(_floor(settings, env))
     finally:
         reset_moto(url)  # nothing of this run stays in the process's moto backends
         server.stop()
 
+    def medians(times: list[dict[str, float]]) -> dict[str, float]:
+        return {key: round(float(np.median([run[key] for run in times])), 1) for key in times[0]}
+
     def breakdown(name: str) -> dict[str, float]:
-        return {key: round(float(np.median([run[key] for run in runs[name]])), 1) for key in runs[name][0]}
+        return medians(runs[name])
 
     totals = [run["total_ms"] for run in runs["infer"]]
+    floor_totals = [run["total_ms"] for run in floors]
     cold = figure(
         "cold_start_infer_ms",
         "cold start of infer (in-Lambda ONNX backend): fresh process → first answer",
@@ -110,6 +120,10 @@ def measure(settings: Settings, png: bytes, repeats: int) -> tuple[list[Figure],
         met=float(np.median(totals)) <= GOAL_MS,
         details={
             "median_breakdown_ms": breakdown("infer"),
+            # The libraries alone, measured after each infer cold start: what no change to bayroute can remove.
+            "floor_median_ms": medians(floors),
+            "infer_over_floor_ms": round(float(np.median(totals) - np.median(floor_totals)), 1),
+            "floor_share_of_goal": round(float(np.median(floor_totals)) / GOAL_MS, 2),
             "warm_invoke_p50_ms": round(float(np.median(warm)), 2),
             # Every function's cold start, measured the same way (medians over the same repeats).
             "functions_median_ms": {name: breakdown(name) for name in FUNCTIONS},
@@ -195,6 +209,29 @@ def _event(name: str, request: dict[str, Any], answers: Mapping[str, Any], state
         "region": REGION,
         "resources": [],
         "detail": {},
+    }
+
+
+def _floor(settings: Settings, env: Mapping[str, str]) -> dict[str, float]:
+    """One run of ``bench.coldstart_floor``: a fresh process, from just before it is spawned to the model loaded."""
+    spawned = time.time()
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.coldstart_floor", str(settings.model_path)],
+        capture_output=True,
+        env=dict(env),
+        cwd=REPO_ROOT,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the cold start floor failed: {done.stderr.decode(errors='replace')[-2000:]}")
+    stamps = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    return {
+        "total_ms": (stamps["loaded"] - spawned) * 1000.0,
+        "interpreter_ms": (stamps["started"] - spawned) * 1000.0,
+        "import_ms": (stamps["imported"] - stamps["started"]) * 1000.0,
+        "s3_client_ms": (stamps["client"] - stamps["imported"]) * 1000.0,
+        "model_load_ms": (stamps["loaded"] - stamps["client"]) * 1000.0,
     }
 
 

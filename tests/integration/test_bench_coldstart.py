@@ -35,4 +35,9 @@ def test_every_function_cold_starts_to_the_answer_the_workflow_passes_on(
         assert parts == pytest.approx(times["total_ms"], abs=0.5)
     assert figure.key == "cold_start_infer_ms"
     assert figure.value == pytest.approx(functions["infer"]["total_ms"], abs=0.1)
+    floor = figure.details["floor_median_ms"]
+    parts = floor["interpreter_ms"] + floor["import_ms"] + floor["s3_client_ms"] + floor["model_load_ms"]
+    assert parts == pytest.approx(floor["total_ms"], abs=0.5)
+    assert min(floor.values()) > 0
+    assert figure.details["infer_over_floor_ms"] == pytest.approx(figure.value - floor["total_ms"], abs=0.2)
     assert extra["warm_infer_lambda_ms"] > 0
