@@ -90,20 +90,23 @@ def list_images(target: Target, *, s3_client: Any = None, exclude: Iterable[Path
     assert target.folder is not None
     if not target.folder.is_dir():
         raise BatchInputError(f"{target.folder} is not a folder")
-    # Plain strings, not Path objects, per file: listing was a twentieth of scoring a folder of small images.
-    skipped = {os.fspath(path.resolve()) for path in exclude}
+    # Plain strings, not Path objects, and no path joined per file but the one kept: listing was a twentieth of
+    # scoring a folder of small images, and it runs before any worker starts.
+    skipped: dict[str, set[str]] = {}  # resolved folder -> names skipped in it
+    for path in exclude:
+        resolved_path = os.fspath(path.resolve())
+        skipped.setdefault(os.path.dirname(resolved_path), set()).add(os.path.basename(resolved_path))
     top = str(target.folder)
     found: list[tuple[tuple[str, ...], str]] = []  # (path parts relative to the folder, path)
     for root, folders, files in os.walk(top):
-        resolved = os.path.realpath(root)
+        skipped_here = skipped.get(os.path.realpath(root), set()) if skipped else set()
         relative = Path(root).relative_to(top).parts
-        folders[:] = [
-            name for name in folders if not name.startswith(".") and os.path.join(resolved, name) not in skipped
-        ]
+        prefix = os.path.join(root, "")
+        folders[:] = [name for name in folders if not name.startswith(".") and name not in skipped_here]
         found.extend(
-            ((*relative, name), os.path.join(root, name))
+            ((*relative, name), prefix + name)
             for name in files
-            if not name.startswith(".") and os.path.join(resolved, name) not in skipped
+            if not name.startswith(".") and name not in skipped_here
         )
     found.sort()
     return [ImageItem(index, path, path) for index, (_, path) in enumerate(found)]

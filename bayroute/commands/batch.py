@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from functools import partial
+from time import monotonic
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,6 +26,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bayroute.batch import BatchInputError, CaptureFiles, Target, list_images, score_images
 from bayroute.config import load_settings
 from bayroute.model.onnx_model import ModelFileError, OnnxClassifier
+
+REDRAW_INTERVAL_S = 0.1
 
 batch_app = typer.Typer(help="Score many images at once: a folder or an S3 prefix.", no_args_is_help=True)
 
@@ -92,12 +95,17 @@ def score_command(
             ) as progress,
         ):
             task = progress.add_task("score", total=len(items), rate="")
+            last_drawn = [float("-inf")]
 
             def advance(count: int) -> None:
                 elapsed = progress.tasks[task].elapsed or 0.0
                 done = progress.tasks[task].completed + count
                 progress.update(task, advance=count, rate=f"{done / elapsed:,.0f} images/s" if elapsed else "")
-                progress.refresh()
+                # Drawn at most ten times a second (and once more when it stops): drawing the bar took this
+                # process a millisecond each time, on cores the workers need.
+                if monotonic() - last_drawn[0] >= REDRAW_INTERVAL_S:
+                    progress.refresh()
+                    last_drawn[0] = monotonic()
 
             summary = score_images(
                 items,

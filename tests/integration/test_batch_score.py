@@ -167,3 +167,35 @@ def test_an_s3_prefix_is_scored_and_captured_to_a_bucket(
     assert sorted(r.inference_id for r in records) == sorted(
         line["inference_id"] for line in lines.values() if "error" not in line
     )
+
+
+def test_the_progress_bar_is_redrawn_at_most_once_per_interval_and_ends_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rich.progress import Progress
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index in range(12):
+        (photos / f"{index:02d}.png").write_bytes(_png((index * 20, 90, 160)))
+    drawn: list[float] = []
+    real_refresh = Progress.refresh
+
+    def refresh(self: Progress) -> None:
+        drawn.append(self.tasks[0].completed)
+        real_refresh(self)
+
+    monkeypatch.setattr(Progress, "refresh", refresh)
+    clock = iter([0.0, 0.0, 0.05, 0.2, 0.2, 0.25, 0.26, 0.27])  # first draw, skip, draw, skips...
+    monkeypatch.setattr("bayroute.commands.batch.monotonic", lambda: next(clock, 0.3))
+    out = tmp_path / "scores.jsonl"
+
+    result = CliRunner().invoke(
+        _cli(), ["batch", "score", str(photos), "--out", str(out), "--workers", "0", "--batch-size", "2"]
+    )
+
+    assert result.exit_code == 0, result.output
+    # Drawn when it starts; of the six chunks, after the first and the third (0.2 s after the first draw);
+    # and once more when it stops, which shows the whole count.
+    assert drawn == [0, 2, 6]
+    assert "12/12" in result.output

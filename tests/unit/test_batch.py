@@ -76,12 +76,19 @@ def test_targets_parse_folders_and_bucket_prefixes() -> None:
 
 
 def test_folders_are_listed_recursively_in_order_without_hidden_files_or_the_outputs(tmp_path: Path) -> None:
-    for name in ("b.png", "a.jpg", "sub/c.png", ".partial.png", ".hidden/d.png", "capture/x.jsonl", "out.jsonl"):
+    names = ("b.png", "a.jpg", "sub/c.png", ".partial.png", ".hidden/d.png", "capture/x.jsonl", "out.jsonl")
+    for name in (*names, "sub/out.jsonl", "sub/capture/y.png"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
+    expected = ["a.jpg", "b.png", "sub/c.png", "sub/capture/y.png", "sub/out.jsonl"]  # same names, other folder
     items = list_images(Target(folder=tmp_path), exclude=[tmp_path / "out.jsonl", tmp_path / "capture"])
-    assert [Path(item.name).relative_to(tmp_path).as_posix() for item in items] == ["a.jpg", "b.png", "sub/c.png"]
-    assert [item.index for item in items] == [0, 1, 2]
+    assert [Path(item.name).relative_to(tmp_path).as_posix() for item in items] == expected
+    assert [item.index for item in items] == list(range(len(expected)))
+    assert all(Path(item.location).is_file() for item in items)
+    # The outputs are recognised by where they are, however they are named.
+    (tmp_path / "link").symlink_to(tmp_path / "sub")
+    items = list_images(Target(folder=tmp_path / "link"), exclude=[tmp_path / "sub" / "out.jsonl"])
+    assert [Path(item.name).name for item in items] == ["c.png", "y.png"]
     with pytest.raises(BatchInputError, match="not a folder"):
         list_images(Target(folder=tmp_path / "missing"))
 
