@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import os
 from functools import partial
-from time import monotonic
 from pathlib import Path
+from time import monotonic
 from typing import Annotated, Any
 
 import typer
