@@ -212,11 +212,14 @@ def _event(name: str, request: dict[str, Any], answers: Mapping[str, Any], state
     }
 
 
-def _floor(settings: Settings, env: Mapping[str, str]) -> dict[str, float]:
-    """One run of ``bench.coldstart_floor``: a fresh process, from just before it is spawned to the model loaded."""
+def _spawn(
+    module: str, args: list[str], stdin: bytes, env: Mapping[str, str], what: str
+) -> tuple[float, dict[str, Any]]:
+    """Run ``python -m module *args`` fresh; (the wall-clock time just before it was spawned, its last JSON line)."""
     spawned = time.time()
     done = subprocess.run(
-        [sys.executable, "-m", "bench.coldstart_floor", str(settings.model_path)],
+        [sys.executable, "-m", module, *args],
+        input=stdin,
         capture_output=True,
         env=dict(env),
         cwd=REPO_ROOT,
@@ -224,8 +227,14 @@ def _floor(settings: Settings, env: Mapping[str, str]) -> dict[str, float]:
         check=False,
     )
     if done.returncode != 0:
-        raise RuntimeError(f"the cold start floor failed: {done.stderr.decode(errors='replace')[-2000:]}")
-    stamps = json.loads(done.stdout.decode().strip().splitlines()[-1])
+        raise RuntimeError(f"{what} failed: {done.stderr.decode(errors='replace')[-2000:]}")
+    report: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    return spawned, report
+
+
+def _floor(settings: Settings, env: Mapping[str, str]) -> dict[str, float]:
+    """One run of ``bench.coldstart_floor``: a fresh process, from just before it is spawned to the model loaded."""
+    spawned, stamps = _spawn("bench.coldstart_floor", [str(settings.model_path)], b"", env, "the cold start floor")
     return {
         "total_ms": (stamps["loaded"] - spawned) * 1000.0,
         "interpreter_ms": (stamps["started"] - spawned) * 1000.0,
@@ -244,19 +253,7 @@ def _cold_start(
         "event": event,
         "warm_calls": warm_calls,
     }
-    spawned = time.time()
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.coldstart_child"],
-        input=json.dumps(job).encode(),
-        capture_output=True,
-        env=dict(env),
-        cwd=REPO_ROOT,
-        timeout=120,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"cold start of {name} failed: {done.stderr.decode(errors='replace')[-2000:]}")
-    report: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    spawned, report = _spawn("bench.coldstart_child", [], json.dumps(job).encode(), env, f"cold start of {name}")
     report["times"] = {
         "total_ms": (report["answered"] - spawned) * 1000.0,
         "interpreter_ms": (report["started"] - spawned) * 1000.0,
