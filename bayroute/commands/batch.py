@@ -95,17 +95,18 @@ def score_command(
             ) as progress,
         ):
             task = progress.add_task("score", total=len(items), rate="")
-            last_drawn = [float("-inf")]
+            last_drawn = float("-inf")
 
             def advance(count: int) -> None:
+                nonlocal last_drawn
                 elapsed = progress.tasks[task].elapsed or 0.0
                 done = progress.tasks[task].completed + count
                 progress.update(task, advance=count, rate=f"{done / elapsed:,.0f} images/s" if elapsed else "")
                 # Drawn at most ten times a second (and once more when it stops): drawing the bar took this
                 # process a millisecond each time, on cores the workers need.
-                if monotonic() - last_drawn[0] >= REDRAW_INTERVAL_S:
+                if monotonic() - last_drawn >= REDRAW_INTERVAL_S:
                     progress.refresh()
-                    last_drawn[0] = monotonic()
+                    last_drawn = monotonic()
 
             summary = score_images(
                 items,

@@ -51,7 +51,6 @@ def inference_id_for(request: WorkflowRequest) -> str:
 
 def capture_attributes(model_version: str, labels: list[str], object_key: str, input_stats: Mapping[str, Any]) -> str:
     """The capture record's custom attributes: the endpoint's pairs, then ``object_key`` and ``input_stats``."""
-
     stats = json.dumps(dict(input_stats), separators=(",", ":"), sort_keys=True)
     return (
         f"{format_custom_attributes(model_version, labels)},object_key={percent_encode(object_key)},"
