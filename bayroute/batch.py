@@ -166,6 +166,9 @@ def decode_image(data: bytes, config: DecodeConfig) -> tuple[np.ndarray, bytes, 
     return array, data, InputStats.measure(array, width=config.size, height=config.size, fmt="png", size=len(data))
 
 
+_READ_CHUNK_BYTES = 64 * 1024
+
+
 def _read_file(path: str, max_bytes: int) -> bytes:
     # os.open and os.read, not open(): the file object's buffering layer was a third of reading a small image.
     try:
@@ -176,13 +179,14 @@ def _read_file(path: str, max_bytes: int) -> bytes:
         status = os.fstat(descriptor)
         if stat.S_ISDIR(status.st_mode):  # os.open opens a folder, where open() refuses it
             raise ObjectMissing(f"cannot read {path}: it is a folder")
-        size = status.st_size
+        stated = size = status.st_size
         parts: list[bytes] = []
         read = 0
         while size <= max_bytes:
-            # Asks for one byte past the stated end, so a whole file takes one read and a second that finds
-            # the end; a file that grew meanwhile is read on, and still checked against the limit.
-            part = os.read(descriptor, size - read + 1)
+            # Asks for one byte past the stated size, so a whole file takes one read and a second that finds its
+            # end. Past that size (a file that grew, a pipe, a device) it reads on in chunks, held to the limit.
+            wanted = stated - read + 1 if read <= stated else min(_READ_CHUNK_BYTES, max_bytes - read + 1)
+            part = os.read(descriptor, wanted)
             if not part:
                 return b"".join(parts)
             parts.append(part)

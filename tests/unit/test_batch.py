@@ -177,6 +177,14 @@ def test_a_file_that_grows_while_read_is_read_on_and_held_to_the_limit(
         writer.join(timeout=5)
 
 
+def test_a_device_that_never_ends_is_too_large_not_read_forever() -> None:
+    if not Path("/dev/zero").exists():
+        pytest.skip("this platform has no /dev/zero")
+    with pytest.raises(TooLarge) as error:
+        _read_file("/dev/zero", max_bytes=200_000)
+    assert error.value.facts["bytes"] > 200_000
+
+
 def test_a_folder_or_a_missing_file_is_object_missing_by_name(tmp_path: Path) -> None:
     for path in (tmp_path, tmp_path / "gone.png"):
         with pytest.raises(ObjectMissing, match=f"cannot read {path}"):
