@@ -77,7 +77,11 @@ def halves(width: int, height: int, left: tuple[int, int, int], right: tuple[int
     return Image.fromarray(array, mode="RGB")
 
 
-def _png_chunk(chunk_type: bytes, payload: bytes) -> bytes:
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_chunk(chunk_type: bytes, payload: bytes) -> bytes:
+    """One PNG chunk: length, type, data and the CRC of type and data."""
     return struct.pack(">I", len(payload)) + chunk_type + payload + struct.pack(">I", zlib.crc32(chunk_type + payload))
 
 
@@ -90,7 +94,7 @@ def png_declaring(width: int, height: int, rows_of_data: int = 64) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     row = b"\x00" * (1 + (width + 7) // 8)
     pixels = zlib.compress(row * rows_of_data, 9)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", pixels) + _png_chunk(b"IEND", b"")
+    return PNG_SIGNATURE + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", pixels) + png_chunk(b"IEND", b"")
 
 
 def empty() -> bytes:
@@ -112,10 +116,7 @@ def png_missing_rows() -> bytes:
     header = struct.pack(">IIBBBBB", 64, 48, 8, 2, 0, 0, 0)
     rows = b"".join(b"\x00" + bytes(range(192)) for _ in range(24))
     return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", zlib.compress(rows))
-        + _png_chunk(b"IEND", b"")
+        PNG_SIGNATURE + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(rows)) + png_chunk(b"IEND", b"")
     )
 
 

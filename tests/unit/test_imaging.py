@@ -35,6 +35,7 @@ from bayroute.imaging import (
 )
 from tests.hostile import (
     OK,
+    PNG_SIGNATURE,
     HostileCase,
     animated_gif,
     cmyk_jpeg,
@@ -45,6 +46,7 @@ from tests.hostile import (
     photo_4000x3000,
     photo_like,
     png_16bit,
+    png_chunk,
     png_declaring,
     truncated_jpeg,
     truncated_png,
@@ -309,17 +311,12 @@ def test_input_stats_are_the_luma_mean_and_deviation_and_round_trip_as_a_dict() 
 # --- The plain-PNG fast path of decode_png_payload -------------------------------------------------------------
 # Every case below compares with the full path (_decode_resized_rgb), which stays the reference for pixels and errors.
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Adam7: (first column, first row, column step, row step) of each of the seven passes.
 ADAM7_PASSES = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
 
 
-def _chunk(chunk_type: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + chunk_type + payload + struct.pack(">I", zlib.crc32(chunk_type + payload))
-
-
 def _ihdr(width: int = SIZE, height: int = SIZE, bit_depth: int = 8, colour_type: int = 2, interlace: int = 0) -> bytes:
-    return _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, interlace))
+    return png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, interlace))
 
 
 def _pixels(seed: int = 0, size: int = SIZE) -> np.ndarray:
@@ -377,10 +374,10 @@ def _png(
         scanlines = _filtered_rows(array, filter_types or [0])
     stream = zlib.compress(scanlines)
     piece = -(-len(stream) // idat_pieces)
-    idat = b"".join(_chunk(b"IDAT", stream[start : start + piece]) for start in range(0, len(stream), piece))
+    idat = b"".join(png_chunk(b"IDAT", stream[start : start + piece]) for start in range(0, len(stream), piece))
     height, width, _ = array.shape
     header = _ihdr(width, height, interlace=int(interlace))
-    return PNG_SIGNATURE + header + before_idat + idat + after_idat + _chunk(b"IEND", b"")
+    return PNG_SIGNATURE + header + before_idat + idat + after_idat + png_chunk(b"IEND", b"")
 
 
 def _full_path(data: bytes, max_pixels: int = LIMIT) -> np.ndarray:
@@ -441,7 +438,7 @@ def test_the_fast_path_joins_idat_split_over_many_chunks() -> None:
     assert plain is not None
     assert np.array_equal(plain, array)
 
-    empty_idat = _chunk(b"IDAT", b"")  # allowed by the specification, and by both paths
+    empty_idat = png_chunk(b"IDAT", b"")  # allowed by the specification, and by both paths
     first_idat = data.index(b"IDAT") - 4
     with_empty = data[:first_idat] + empty_idat + data[first_idat:]
     plain = _decode_plain_png(with_empty, SIZE, LIMIT)
@@ -471,14 +468,14 @@ def test_decode_png_payload_takes_the_fast_path_for_a_plain_png(monkeypatch: pyt
 
 
 NEUTRAL_CHUNKS = {
-    "sRGB": _chunk(b"sRGB", b"\x00"),
-    "gAMA": _chunk(b"gAMA", struct.pack(">I", 45455)),
-    "cHRM": _chunk(b"cHRM", struct.pack(">8I", 31270, 32900, 64000, 33000, 30000, 60000, 15000, 6000)),
-    "pHYs": _chunk(b"pHYs", struct.pack(">IIB", 2835, 2835, 1)),
-    "tIME": _chunk(b"tIME", struct.pack(">HBBBBB", 2024, 5, 17, 12, 30, 0)),
-    "sBIT": _chunk(b"sBIT", b"\x08\x08\x08"),
-    "bKGD": _chunk(b"bKGD", struct.pack(">3H", 0, 0, 0)),
-    "iCCP": _chunk(b"iCCP", b"display\x00\x00" + zlib.compress(b"profile" * 50)),
+    "sRGB": png_chunk(b"sRGB", b"\x00"),
+    "gAMA": png_chunk(b"gAMA", struct.pack(">I", 45455)),
+    "cHRM": png_chunk(b"cHRM", struct.pack(">8I", 31270, 32900, 64000, 33000, 30000, 60000, 15000, 6000)),
+    "pHYs": png_chunk(b"pHYs", struct.pack(">IIB", 2835, 2835, 1)),
+    "tIME": png_chunk(b"tIME", struct.pack(">HBBBBB", 2024, 5, 17, 12, 30, 0)),
+    "sBIT": png_chunk(b"sBIT", b"\x08\x08\x08"),
+    "bKGD": png_chunk(b"bKGD", struct.pack(">3H", 0, 0, 0)),
+    "iCCP": png_chunk(b"iCCP", b"display\x00\x00" + zlib.compress(b"profile" * 50)),
 }
 
 
@@ -505,7 +502,7 @@ def _idat_stream(data: bytes) -> bytes:
 
 
 def _with_idat(stream: bytes, header: bytes = _ihdr()) -> bytes:
-    return PNG_SIGNATURE + header + _chunk(b"IDAT", stream) + _chunk(b"IEND", b"")
+    return PNG_SIGNATURE + header + png_chunk(b"IDAT", stream) + png_chunk(b"IEND", b"")
 
 
 def _exif_rotated_half_turn() -> bytes:
@@ -516,7 +513,7 @@ def _exif_rotated_half_turn() -> bytes:
 
 def _xmp_text_rotated_half_turn() -> bytes:
     xmp = b'XML:com.adobe.xmp\x00<x:xmpmeta><rdf:Description tiff:Orientation="3"/></x:xmpmeta>'
-    return _png(_pixels(), before_idat=_chunk(b"tEXt", xmp))
+    return _png(_pixels(), before_idat=png_chunk(b"tEXt", xmp))
 
 
 def _split_by_a_neutral_chunk() -> bytes:
@@ -530,10 +527,10 @@ NOT_PLAIN: dict[str, bytes] = {
     "tRNS": encode(Image.fromarray(_pixels()), "PNG", transparency=(0, 0, 0)),
     "eXIf_orientation": _exif_rotated_half_turn(),
     "text_xmp_orientation": _xmp_text_rotated_half_turn(),
-    "zTXt": _png(_pixels(), before_idat=_chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"hello"))),
-    "PLTE_suggested_palette": _png(_pixels(), before_idat=_chunk(b"PLTE", bytes(range(48)))),
-    "unknown_chunk": _png(_pixels(), before_idat=_chunk(b"prVt", b"private")),
-    "acTL_apng": _png(_pixels(), before_idat=_chunk(b"acTL", struct.pack(">II", 1, 0))),
+    "zTXt": _png(_pixels(), before_idat=png_chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"hello"))),
+    "PLTE_suggested_palette": _png(_pixels(), before_idat=png_chunk(b"PLTE", bytes(range(48)))),
+    "unknown_chunk": _png(_pixels(), before_idat=png_chunk(b"prVt", b"private")),
+    "acTL_apng": _png(_pixels(), before_idat=png_chunk(b"acTL", struct.pack(">II", 1, 0))),
     "second_IHDR": _png(_pixels(), before_idat=_ihdr(16, 16)),
     "other_size": encode(photo_like(64, 64), "PNG"),
     "not_square": encode(photo_like(32, 31), "PNG"),
@@ -545,9 +542,9 @@ NOT_PLAIN: dict[str, bytes] = {
     "interlaced": _png(_pixels(), interlace=True),
     "bad_idat_crc": _with_bad_idat_crc(),
     "bad_ancillary_crc": _png(_pixels(), before_idat=NEUTRAL_CHUNKS["gAMA"][:-1] + b"\x00"),
-    "short_gAMA": _png(_pixels(), before_idat=_chunk(b"gAMA", b"\x00\x00\x01")),
-    "iCCP_unknown_compression": _png(_pixels(), before_idat=_chunk(b"iCCP", b"p\x00\x01" + zlib.compress(b"x"))),
-    "iCCP_broken_zlib": _png(_pixels(), before_idat=_chunk(b"iCCP", b"p\x00\x00not zlib")),
+    "short_gAMA": _png(_pixels(), before_idat=png_chunk(b"gAMA", b"\x00\x00\x01")),
+    "iCCP_unknown_compression": _png(_pixels(), before_idat=png_chunk(b"iCCP", b"p\x00\x01" + zlib.compress(b"x"))),
+    "iCCP_broken_zlib": _png(_pixels(), before_idat=png_chunk(b"iCCP", b"p\x00\x00not zlib")),
     "idat_split_by_another_chunk": _split_by_a_neutral_chunk(),
     "data_after_iend": _png(_pixels()) + b"trailing bytes",
     "no_iend": _png(_pixels())[:-12],
@@ -555,7 +552,7 @@ NOT_PLAIN: dict[str, bytes] = {
     "zlib_stream_cut_in_half": _with_idat(PLAIN_STREAM[: len(PLAIN_STREAM) // 2]),
     "garbage_zlib_stream": _with_idat(bytes(byte ^ 0x5A for byte in PLAIN_STREAM)),
     "unknown_filter_type": _with_idat(zlib.compress(_filtered_rows(_pixels(), [0]).replace(b"\x00", b"\x07", 1))),
-    "no_idat": PNG_SIGNATURE + _ihdr() + _chunk(b"IEND", b""),
+    "no_idat": PNG_SIGNATURE + _ihdr() + png_chunk(b"IEND", b""),
     # A zlib bomb behind a model-size header: the fast path stops inflating one byte past the image.
     "megabyte_past_the_last_row": _with_idat(zlib.compress(_filtered_rows(_pixels(), [0]) + bytes(1 << 20))),
     "jpeg": encode(photo_like(SIZE, SIZE), "JPEG"),
