@@ -307,12 +307,15 @@ def _decode_plain_png(data: bytes, size: int, max_pixels: int) -> np.ndarray | N
     # Inflate here, at most one byte past the rows the header declares (so a zlib bomb stops there), to check that
     # every row is present: Pillow's decoder would leave missing rows black. The rows then go to Pillow's decoder
     # as stored (uncompressed) zlib blocks, so this is the only real inflate: no slower than before the check.
+    # Each row: its filter byte and 3 bytes a pixel (_png_scanline_bytes for 8-bit RGB, not interlaced, spelled
+    # out: this path is hot and its header was checked above).
+    scanline_bytes = size * (1 + 3 * size)
     inflater = zlib.decompressobj()
     try:
-        scanlines = inflater.decompress(b"".join(idat_payloads), size * (1 + 3 * size) + 1)
+        scanlines = inflater.decompress(b"".join(idat_payloads), scanline_bytes + 1)
     except zlib.error:
         return None  # a corrupt stream: the full path names it
-    if len(scanlines) != size * (1 + 3 * size) or not inflater.eof:
+    if len(scanlines) != scanline_bytes or not inflater.eof:
         return None  # rows missing, data left over, or a cut stream: the full path decides
     try:
         image = Image.frombytes("RGB", (size, size), zlib.compress(scanlines, 0), "zip", "RGB")
