@@ -16,14 +16,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-import botocore.session
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from bayroute.domain import WorkflowRequest
 from bayroute.errors import EmptyObject, ObjectMissing, TooLarge
 
-if TYPE_CHECKING:  # imported where used: infer, which has no idempotency, starts faster without it
+if TYPE_CHECKING:  # imported where used: infer, which has no idempotency and no botocore client on its way to
+    # an answer (see bayroute.adapters.signed_s3), starts faster without them
+    import botocore.session
     from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
 DEFAULT_REGION = "us-east-1"
@@ -51,6 +51,9 @@ def aws_client(service: str) -> Any:
     botocore would retry those and repeat calls that are not idempotent, so a client for an endpoint
     override makes exactly one attempt. Against AWS, botocore's standard retry mode applies.
     """
+    import botocore.session
+    from botocore.config import Config
+
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
     endpoint_url = os.environ.get("AWS_ENDPOINT_URL") or None
     cache_key = (service, region, endpoint_url)
@@ -71,6 +74,17 @@ def aws_client(service: str) -> Any:
             client = session.create_client(service, region_name=region, endpoint_url=endpoint_url, config=config)
             _clients[cache_key] = client
     return client
+
+
+class DeferredClient:
+    """``aws_client(service)``, built on its first use: for a client that a function needs only on rare paths
+    (infer reads S3 only for a staged image), whose creation would otherwise lengthen every cold start."""
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(aws_client(self._service), name)
 
 
 def reset_clients() -> None:

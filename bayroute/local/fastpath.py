@@ -97,6 +97,7 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda
 from moto.stepfunctions.parser.asl.utils import boto_client, json_path
 from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
 
+from bayroute.adapters import signed_s3
 from bayroute.local import lambda_api
 
 # The moto modules that bind ``boto_client_for`` by name (``from ...boto_client import boto_client_for``).
@@ -432,7 +433,7 @@ def _body_bytes(body: Any) -> bytes | None:
     return None
 
 
-def wsgi_environ(request: AWSPreparedRequest, body: bytes) -> dict[str, Any]:
+def wsgi_environ(request: AWSPreparedRequest | signed_s3.SignedRequest, body: bytes) -> dict[str, Any]:
     """The environment werkzeug's server (with moto's request handler) builds for this request.
 
     Mirrors ``werkzeug.serving.WSGIRequestHandler.make_environ`` for a request line of ``path?query`` and the
@@ -530,13 +531,17 @@ def call_app(app: WsgiApp, environ: dict[str, Any]) -> tuple[int, list[tuple[str
     return int(str(answer["status"]).split(" ", 1)[0]), list(answer["headers"]), body
 
 
-def _send_in_process(request: AWSPreparedRequest, **_: Any) -> AWSResponse | None:
-    """botocore's ``before-send`` hook: answer requests for a registered origin without the network."""
-    url = request.url
+def _app_for(url: str) -> WsgiApp | None:
+    """The stack's application if ``url`` is on a registered origin."""
     if not _apps or not url.startswith("http://"):
         return None
     end = url.find("/", len("http://"))
-    app = _apps.get(url if end < 0 else url[:end])
+    return _apps.get(url if end < 0 else url[:end])
+
+
+def _send_in_process(request: AWSPreparedRequest, **_: Any) -> AWSResponse | None:
+    """botocore's ``before-send`` hook: answer requests for a registered origin without the network."""
+    app = _app_for(request.url)
     if app is None:
         return None
     body = _body_bytes(request.body)
@@ -545,13 +550,24 @@ def _send_in_process(request: AWSPreparedRequest, **_: Any) -> AWSResponse | Non
     status, headers, content = call_app(app, wsgi_environ(request, body))
     if request.method == "HEAD":
         content = b""
-    return AWSResponse(url, status, dict(headers), MockRawResponse(content))
+    return AWSResponse(request.url, status, dict(headers), MockRawResponse(content))
+
+
+def _send_signed_in_process(request: signed_s3.SignedRequest) -> signed_s3.Reply | None:
+    """The same for infer's signed S3 client (``bayroute.adapters.signed_s3``), which does without botocore."""
+    app = _app_for(request.url)
+    if app is None:
+        return None
+    status, headers, content = call_app(app, wsgi_environ(request, request.body))
+    return signed_s3.Reply(status, {name.lower(): value for name, value in headers}, content)
 
 
 def _install_transport() -> None:
     """Every botocore session created from now on asks ``_send_in_process`` before it sends (as moto's own
-    in-process mock hooks in), and so does boto3's default session if it exists already."""
+    in-process mock hooks in), and so does boto3's default session if it exists already; infer's signed S3
+    client asks ``_send_signed_in_process``."""
     BUILTIN_HANDLERS.append(("before-send", _send_in_process))
+    signed_s3.IN_PROCESS_SENDERS.append(_send_signed_in_process)
     import boto3
 
     if boto3.DEFAULT_SESSION is not None:

@@ -37,6 +37,7 @@ from moto.stepfunctions.parser.asl.utils import boto_client, json_path
 from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
 from werkzeug.serving import make_server
 
+from bayroute.adapters.signed_s3 import Credentials, SignedS3Client
 from bayroute.config import REPO_ROOT
 from bayroute.local import fastpath
 from bayroute.local.lambda_api import INVOKE_PATH, LambdaInvokeMiddleware, LocalFunction, function_arn
@@ -263,6 +264,26 @@ def test_the_application_sees_what_werkzeugs_server_would_have_given_it(key: str
     assert all(env["SERVER_SOFTWARE"] != "bayroute-in-process" for env in over_http)
     for socket_env, direct_env in zip(over_http, in_process, strict=True):
         assert _relevant(direct_env) == _relevant(socket_env)
+
+
+@pytest.mark.parametrize(
+    "key", ["plain.jsonl", "a b+c/ü%2Fx.jsonl", "dir//double?.jsonl"], ids=["plain", "encoded", "odd"]
+)
+def test_the_signed_s3_clients_puts_reach_the_application_as_over_the_socket(key: str) -> None:
+    app, seen = _environ_capture()
+    with _Served(app) as served:
+        client = SignedS3Client(Credentials("ak", "sk"), REGION, served.url)
+
+        def put() -> str | None:
+            answer = client.put_object(Bucket="bucket-1", Key=key, Body=b'{"a": 1}\n', ContentType="application/jsonl")
+            return answer["ETag"]
+
+        assert put() == '"e"'  # over the socket
+        fastpath.serve_in_process(served.url, app)
+        assert put() == '"e"'  # in process
+    over_http, in_process = seen
+    assert in_process["SERVER_SOFTWARE"] == "bayroute-in-process" != over_http["SERVER_SOFTWARE"]
+    assert _relevant(in_process) == _relevant(over_http)
 
 
 @pytest.fixture

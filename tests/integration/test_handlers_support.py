@@ -20,6 +20,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from bayroute.adapters import signed_s3
 from bayroute.adapters.aws import reset_clients
 from bayroute.config import Settings, load_settings
 
@@ -191,6 +192,24 @@ def raw_sqs_record(body: str, *, queue_arn: str) -> dict[str, Any]:
     return record
 
 
+def moto_answers_signed_requests(request: signed_s3.SignedRequest) -> signed_s3.Reply | None:
+    """``mock_aws`` answers botocore's requests only, through botocore's ``before-send`` event: this hands it
+    the requests of infer's signed S3 client too, whole (signature and all), as they would go on the wire."""
+    from botocore.awsrequest import AWSPreparedRequest, HTTPHeaders
+    from moto.core.models import botocore_stubber
+
+    headers = HTTPHeaders()
+    for name, value in request.headers.items():
+        headers[name] = value
+    prepared = AWSPreparedRequest(request.method, request.url, headers, request.body, stream_output=False)
+    answer = botocore_stubber.process_request(prepared)
+    if answer is None:
+        return None
+    status, answer_headers, body = answer
+    content = body.encode("utf-8") if isinstance(body, str) else bytes(body or b"")
+    return signed_s3.Reply(status, {str(name).lower(): str(value) for name, value in answer_headers.items()}, content)
+
+
 @contextmanager
 def moto_world(monkeypatch: pytest.MonkeyPatch, **settings_env: str) -> Iterator[MotoWorld]:
     """A fresh moto account with the bayroute resources; ``settings_env`` sets ``BAYROUTE_*`` overrides."""
@@ -204,6 +223,7 @@ def moto_world(monkeypatch: pytest.MonkeyPatch, **settings_env: str) -> Iterator
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
     for key, value in settings_env.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setattr(signed_s3, "IN_PROCESS_SENDERS", [moto_answers_signed_requests])
     with mock_aws():
         reset_clients()
         try:

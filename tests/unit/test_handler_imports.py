@@ -14,8 +14,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-# asyncio: the endpoint server's transport, which the in-process backend (bayroute.serving) does without.
-HEAVY = ["aws_xray_sdk.core", "boto3", "s3transfer", "aws_lambda_powertools.utilities.idempotency", "asyncio"]
+# asyncio: the endpoint server's transport, which the in-process backend (bayroute.serving) does without;
+# botocore.session: its clients, which infer's signed capture write does without (bayroute.adapters.signed_s3).
+HEAVY = [
+    "aws_xray_sdk.core",
+    "boto3",
+    "s3transfer",
+    "aws_lambda_powertools.utilities.idempotency",
+    "asyncio",
+    "botocore.session",
+]
 
 
 def _loaded_after_import(module: str, **env: str) -> dict[str, bool]:
@@ -32,7 +40,7 @@ def _loaded_after_import(module: str, **env: str) -> dict[str, bool]:
     return loaded
 
 
-def test_infer_outside_lambda_loads_neither_xray_nor_boto3_nor_idempotency_nor_the_http_server() -> None:
+def test_infer_outside_lambda_loads_neither_xray_nor_botocore_clients_nor_idempotency_nor_the_http_server() -> None:
     assert _loaded_after_import("services.infer.handler") == dict.fromkeys(HEAVY, False)
 
 
