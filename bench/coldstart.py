@@ -12,8 +12,9 @@ imports, and the first invocation (clients, model load, the work itself). The la
 invocations of infer, for the cost figures.
 
 After each infer cold start, ``python -m bench.coldstart_floor`` measures the floor under it: a fresh process that
-only imports numpy, ONNX Runtime and botocore, creates the S3 client and loads the model, which any in-Lambda
-ONNX function of this design must do before answering. The details give its breakdown and infer's time over it.
+only imports numpy and ONNX Runtime and loads the model, which any in-Lambda ONNX function must do before
+answering. The details give its breakdown and infer's time over it, and beside it the floor of the design
+before infer signed its capture write itself: the same process importing botocore and creating an S3 client too.
 
 The first-party code is byte-compiled first, as the deployment package ships it (``infra/package.py``): the
 children run with whatever ``PYTHONDONTWRITEBYTECODE`` says, and would otherwise compile every bayroute module
@@ -56,6 +57,7 @@ def measure(settings: Settings, png: bytes, repeats: int) -> tuple[list[Figure],
     server.start()
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in FUNCTIONS}
     floors: list[dict[str, float]] = []
+    botocore_floors: list[dict[str, float]] = []
     warm: list[float] = []
     host, port = server.get_host_and_port()
     url = f"http://{host}:{port}"
@@ -99,6 +101,7 @@ def measure(settings: Settings, png: bytes, repeats: int) -> tuple[list[Figure],
                 runs[name].append(report["times"])
                 warm.extend(report["warm_ms"])
             floors.append(_floor(settings, env))
+            botocore_floors.append(_floor(settings, env, botocore=True))
     finally:
         reset_moto(url)  # nothing of this run stays in the process's moto backends
         server.stop()
@@ -124,6 +127,8 @@ def measure(settings: Settings, png: bytes, repeats: int) -> tuple[list[Figure],
             "floor_median_ms": medians(floors),
             "infer_over_floor_ms": round(float(np.median(totals) - np.median(floor_totals)), 1),
             "floor_share_of_goal": round(float(np.median(floor_totals)) / GOAL_MS, 2),
+            # ...and with botocore's S3 client as well: the floor before the capture write was signed in infer.
+            "botocore_client_floor_median_ms": medians(botocore_floors),
             "warm_invoke_p50_ms": round(float(np.median(warm)), 2),
             # Every function's cold start, measured the same way (medians over the same repeats).
             "functions_median_ms": {name: breakdown(name) for name in FUNCTIONS},
@@ -232,9 +237,10 @@ def _spawn(
     return spawned, report
 
 
-def _floor(settings: Settings, env: Mapping[str, str]) -> dict[str, float]:
+def _floor(settings: Settings, env: Mapping[str, str], *, botocore: bool = False) -> dict[str, float]:
     """One run of ``bench.coldstart_floor``: a fresh process, from just before it is spawned to the model loaded."""
-    spawned, stamps = _spawn("bench.coldstart_floor", [str(settings.model_path)], b"", env, "the cold start floor")
+    args = [str(settings.model_path), *(["--botocore"] if botocore else [])]
+    spawned, stamps = _spawn("bench.coldstart_floor", args, b"", env, "the cold start floor")
     return {
         "total_ms": (stamps["loaded"] - spawned) * 1000.0,
         "interpreter_ms": (stamps["started"] - spawned) * 1000.0,
