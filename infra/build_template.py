@@ -180,7 +180,7 @@ class FunctionSpec:
     statements: list[Any]
     name: str | None  # from settings; None lets CloudFormation name it
     events: dict[str, Any] = field(default_factory=dict)
-    condition_env: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, str] = field(default_factory=dict)  # this function's own, beside the globals
 
 
 class StackBuilder:
@@ -850,6 +850,11 @@ class StackBuilder:
                     ),
                     if_(SAGEMAKER, allow("InvokeEndpoint", ["sagemaker:InvokeEndpoint"], ref("Endpoint")), NO_VALUE),
                 ],
+                # Lambda's active tracing still records each invocation of infer. Powertools' tracer inside it
+                # would add subsegments, but the X-Ray SDK imports botocore and builds a client as it loads:
+                # about a quarter of a second of every cold start, which infer otherwise does without
+                # (bayroute.adapters.signed_s3). Set it to "false" on the function to trace inside it again.
+                environment={"POWERTOOLS_TRACE_DISABLED": "true"},
             ),
             FunctionSpec(
                 short="threshold",
@@ -952,6 +957,8 @@ class StackBuilder:
             properties = {"FunctionName": spec.name, **properties}
         if spec.events:
             properties["Events"] = spec.events
+        if spec.environment:
+            properties["Environment"] = {"Variables": spec.environment}
         return {
             role_id: role(role_id, "lambda.amazonaws.com", statements, f"bayroute {spec.short} function"),
             log_id: {

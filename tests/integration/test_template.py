@@ -385,6 +385,20 @@ def test_functions_get_the_settings_environment_with_this_stacks_names() -> None
     assert TEMPLATE["Parameters"]["MonitorSchedule"]["Default"] == SETTINGS.monitoring.schedule
 
 
+def test_infer_alone_traces_without_the_xray_sdk_and_keeps_every_setting(transformed: dict[str, Any]) -> None:
+    """Deployed, infer's cold start skips the X-Ray SDK (it loads botocore); SAM merges its own variable into the
+    globals rather than replacing them, so it still gets every setting."""
+    functions = of_type("AWS::Lambda::Function", transformed["Resources"])
+    globals_ = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
+    for logical, function in functions.items():
+        variables = function["Properties"]["Environment"]["Variables"]
+        assert function["Properties"]["TracingConfig"] == {"Mode": "Active"}  # Lambda still records each invocation
+        if logical == "InferFunction":
+            assert variables == {**globals_, "POWERTOOLS_TRACE_DISABLED": "true"}
+        else:
+            assert variables == globals_, logical
+
+
 def test_alarm_resources_are_the_definitions() -> None:
     alarms = {
         resource["Properties"]["AlarmName"]: resource["Properties"]
