@@ -191,7 +191,7 @@ class InferenceApp:
     """The contract without the transport: content negotiation, decoding, prediction, the answer.
 
     ``invoke`` does it all in the calling thread. A server splits it: ``prepare`` (negotiation, decoding),
-    the model (its own batches of prepared requests), then ``answer``.
+    ``predict`` (its own batches of prepared requests), then ``answer``.
     """
 
     def __init__(self, model: OnnxClassifier, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
@@ -209,10 +209,18 @@ class InferenceApp:
         if isinstance(prepared, InvocationAnswer):
             return prepared
         try:
-            probabilities = self.model.predict(prepared.images)
+            probabilities = self.predict(prepared.images)
         except Exception as exc:  # ORT failures carry their own types; the caller only needs "the model failed"
             return self.model_failure(prepared, exc)
         return self.answer(prepared, probabilities)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """The model's probabilities for ``images``: one row per image, else ValueError (an answer would be
+        missing, or would be another image's)."""
+        probabilities = self.model.predict(images)
+        if len(probabilities) != len(images):
+            raise ValueError(f"the model answered {len(probabilities)} rows for {len(images)} images")
+        return probabilities
 
     def prepare(self, body: bytes, content_type: str | None, accept: str | None) -> PreparedRequest | InvocationAnswer:
         """The decoded request, or the error answer (415, 406, 400) that stops it before the model."""

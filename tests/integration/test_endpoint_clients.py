@@ -33,7 +33,7 @@ from bayroute.config import load_settings
 from bayroute.endpoint_server import ModelServer
 from bayroute.errors import EndpointThrottled, EndpointUnavailable, ModelError, WorkflowError
 from bayroute.model.onnx_model import OnnxClassifier
-from bayroute.serving import CUSTOM_ATTRIBUTES_HEADER, format_custom_attributes
+from bayroute.serving import CUSTOM_ATTRIBUTES_HEADER, InferenceApp, format_custom_attributes
 from tests.fixtures_model import model_fixture, tiny_model_fixture  # noqa: F401  (pytest fixtures)
 from tests.hostile import encode, truncated_png
 
@@ -278,6 +278,28 @@ def test_in_process_endpoint_answers_like_the_server(
     with pytest.raises(ModelError) as caught:
         local.invoke(b"hello", "image/png")
     assert caught.value.facts["endpoint_reason"] == "not_an_image"
+
+
+@pytest.mark.parametrize("images", [1, 3], ids=["one image", "a batch of three"])
+def test_in_process_a_model_that_answers_too_few_rows_is_a_model_error(
+    classifier: OnnxClassifier, monkeypatch: pytest.MonkeyPatch, images: int
+) -> None:
+    """As the server answers it: a 500 model_error, not an IndexError, and never a batch missing a row."""
+    local = InProcessEndpoint(classifier)
+    real_predict = classifier.predict
+    monkeypatch.setattr(classifier, "predict", lambda batch: real_predict(batch)[:-1])
+    pixels = np.random.default_rng(images).integers(0, 256, (images, 32, 32, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    np.save(buffer, pixels if images > 1 else pixels[0], allow_pickle=False)
+    answer = InferenceApp(classifier).invoke(buffer.getvalue(), "application/x-npy")
+    assert answer.status == 500
+    assert json.loads(answer.body) == {
+        "error": "model_error",
+        "detail": f"ValueError: the model answered {images - 1} rows for {images} images",
+    }
+    with pytest.raises(EndpointUnavailable) as caught:  # what any endpoint's 500 is: the workflow retries it
+        local.invoke(encode(Image.new("RGB", (32, 32)), "PNG"), "image/png")
+    assert caught.value.facts["endpoint_reason"] == "model_error"
 
 
 def _sagemaker_client() -> object:
