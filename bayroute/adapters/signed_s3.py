@@ -46,12 +46,7 @@ READ_TIMEOUT_S = 30.0
 USER_AGENT = "bayroute-signed-s3/1"  # sent, not signed (botocore does not sign its own either)
 
 # Variables that make botocore choose another endpoint, or another way of addressing S3, than this client knows.
-_BOTOCORE_ONLY_VARIABLES = (
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_USE_FIPS_ENDPOINT",
-    "AWS_USE_DUALSTACK_ENDPOINT",
-    "AWS_S3_DISABLE_MULTIREGION_ACCESS_POINTS",
-)
+_BOTOCORE_ONLY_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_USE_FIPS_ENDPOINT", "AWS_USE_DUALSTACK_ENDPOINT")
 _RETRYABLE_STATUSES = frozenset({500, 502, 503, 504})
 _THROTTLING_CODES = frozenset(
     {
