@@ -111,11 +111,13 @@ def measure(
             (larger / str(copy)).mkdir(parents=True)
             for index, item in enumerate(items):
                 (larger / str(copy) / f"{index:05d}{Path(item.location).suffix}").symlink_to(item.location)
+        larger_datas = datas * LARGER_COPIES
         larger_limits, larger_commands, larger_ratios = [], [], []
         for repeat in range(LARGER_REPEATS):
-            larger_limits.append(_limit(datas * LARGER_COPIES, classifiers, size, workers)[0])
-            count = len(datas) * LARGER_COPIES
-            larger_commands.append(_command(larger, count, model_path, workers, scratch, f"larger-{repeat}"))
+            larger_limits.append(_limit(larger_datas, classifiers, size, workers)[0])
+            larger_commands.append(
+                _command(larger, len(larger_datas), model_path, workers, scratch, f"larger-{repeat}")
+            )
             larger_ratios.append(larger_commands[-1] / larger_limits[-1])
     entry = figure(
         "batch_score_ratio_to_limit",
@@ -135,7 +137,7 @@ def measure(
             "inference_s": round(float(np.median(infer_s)), 3),
             "command": "bayroute batch score <folder> --out ... (folder listing, file reads, JSON lines, captures)",
             "larger_folder": {
-                "images": len(datas) * LARGER_COPIES,
+                "images": len(larger_datas),
                 "command_images_per_s": round(float(np.median(larger_commands)), 1),
                 "limit_images_per_s": round(float(np.median(larger_limits)), 1),
                 "ratio": round(float(np.median(larger_ratios)), 3),

@@ -109,9 +109,6 @@ def measure(settings: Settings, png: bytes, repeats: int) -> tuple[list[Figure],
     def medians(times: list[dict[str, float]]) -> dict[str, float]:
         return {key: round(float(np.median([run[key] for run in times])), 1) for key in times[0]}
 
-    def breakdown(name: str) -> dict[str, float]:
-        return medians(runs[name])
-
     totals = [run["total_ms"] for run in runs["infer"]]
     floor_totals = [run["total_ms"] for run in floors]
     cold = figure(
@@ -122,7 +119,7 @@ def measure(settings: Settings, png: bytes, repeats: int) -> tuple[list[Figure],
         goal=f"≤ {GOAL_MS:.0f} ms",
         met=float(np.median(totals)) <= GOAL_MS,
         details={
-            "median_breakdown_ms": breakdown("infer"),
+            "median_breakdown_ms": medians(runs["infer"]),
             # The libraries alone, measured after each infer cold start: what no change to bayroute can remove.
             "floor_median_ms": medians(floors),
             "infer_over_floor_ms": round(float(np.median(totals) - np.median(floor_totals)), 1),
@@ -131,7 +128,7 @@ def measure(settings: Settings, png: bytes, repeats: int) -> tuple[list[Figure],
             "botocore_client_floor_median_ms": medians(botocore_floors),
             "warm_invoke_p50_ms": round(float(np.median(warm)), 2),
             # Every function's cold start, measured the same way (medians over the same repeats).
-            "functions_median_ms": {name: breakdown(name) for name in FUNCTIONS},
+            "functions_median_ms": {name: medians(runs[name]) for name in FUNCTIONS},
         },
         digits=1,
     )

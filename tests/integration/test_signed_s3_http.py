@@ -211,6 +211,8 @@ def test_a_server_that_never_answers_is_a_read_timeout(monkeypatch: pytest.Monke
         server.close()
 
 
+# Its own Lambda context, not test_handlers_support's LambdaContextStub: importing that module loads boto3 and
+# moto, whose absence is what this script checks.
 FIRST_ANSWER = """
 import json, sys
 from services.infer import handler
