@@ -1,17 +1,26 @@
 """The local embedded stack: moto as AWS, the Lambda handlers in-process, our model endpoint server.
 
-One process, no Docker, no account. moto's server provides S3, SQS, SNS, EventBridge, CloudWatch,
-DynamoDB and runs ``infra/statemachine/workflow.asl.json`` with its Step Functions interpreter; the Lambda
-Invoke API on the same port runs the very handlers that AWS runs (see ``lambda_api``). Two facts of moto
-shape the rest: EventBridge delivers only to SQS targets (so inbox events reach ingest through a queue
-that the dispatcher polls, as a Lambda event source mapping would), and its interpreter reaches every
-service at ``http://localhost:$MOTO_PORT``.
+No Docker, no account, one port. moto provides S3, SQS, SNS, EventBridge, CloudWatch, DynamoDB and runs
+``infra/statemachine/workflow.asl.json`` with its Step Functions interpreter; the Lambda Invoke API on the
+same port runs the very handlers that AWS runs (see ``lambda_api``). Two facts of moto shape the rest:
+EventBridge delivers only to SQS targets (so inbox events reach ingest through a queue that the dispatcher
+polls, as a Lambda event source mapping would), and its interpreter reaches every service at
+``http://localhost:$MOTO_PORT``.
+
+By default the stack is two processes, so that it can use two cores: this one (the workflow process: Step
+Functions, the Lambda Invoke API and the handlers, the dispatcher, the model endpoint) and a child that owns
+moto's storage and messaging services and the public port (``aws_process``); each relays the other's
+requests (``relay``). ``aws_process=False`` keeps everything in this process.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -19,15 +28,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import boto3
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from bayroute.config import Settings
 from bayroute.local import fastpath
+from bayroute.local.aws_process import READY_PREFIX, QuietRequestHandler
 from bayroute.local.dispatcher import SqsDispatcher
 from bayroute.local.lambda_api import REGION, Handler, LambdaInvokeMiddleware, LocalFunction
 from bayroute.local.monitoring import LocalMonitor
 from bayroute.local.provision import Resources, provision
+from bayroute.local.relay import RelayClient, RelayServer, RoutingApp, is_workflow_request
 
 LOOPBACK = "127.0.0.1"
 
@@ -58,6 +69,10 @@ class StackInProcess(RuntimeError):
     """A second local stack in one process: the handlers' environment would belong to both."""
 
 
+class AwsProcessFailed(RuntimeError):
+    """The local stack's AWS process did not start."""
+
+
 class LocalStack:
     """Start with ``start()`` (or as a context manager); ``stop()`` undoes everything, environment included.
 
@@ -77,6 +92,7 @@ class LocalStack:
         start_model_endpoint: bool = True,
         model_endpoint_port: int = 0,
         monitoring: bool = True,
+        aws_process: bool = True,
     ) -> None:
         self.settings = settings
         self._aws_port = aws_port
@@ -84,8 +100,13 @@ class LocalStack:
         self._start_model_endpoint = start_model_endpoint
         self._model_endpoint_port = model_endpoint_port
         self._monitoring = monitoring
+        self._use_aws_process = aws_process
+        self._aws_url: str | None = None
         self._server: BaseWSGIServer | None = None
         self._server_thread: threading.Thread | None = None
+        self._aws_child: subprocess.Popen[bytes] | None = None
+        self._relay_server: RelayServer | None = None
+        self._relay_dir: str | None = None
         self._model_server: Any = None
         self._dispatcher: SqsDispatcher | None = None
         self._monitor: LocalMonitor | None = None
@@ -118,21 +139,31 @@ class LocalStack:
         model_url = self._start_model_server() if self._start_model_endpoint else self.settings.endpoint_url
         self.settings = self.settings.with_endpoint_url(model_url)
         # The middleware needs the function table before the server takes requests, and the handlers
-        # read the environment when imported: so bind the socket first, then set the environment.
-        self._server = make_server(
-            LOOPBACK, self._aws_port, _LateBoundApp(), threaded=True, request_handler=_QuietRequestHandler
-        )
-        aws_url = f"http://{LOOPBACK}:{self._server.server_port}"
+        # read the environment when imported: so open the port first, then set the environment.
+        if self._use_aws_process:
+            aws_process = self._start_aws_process()
+        else:
+            self._server = make_server(
+                LOOPBACK, self._aws_port, _LateBoundApp(), threaded=True, request_handler=QuietRequestHandler
+            )
+            self._aws_url = f"http://{LOOPBACK}:{self._server.server_port}"
+        aws_url = self.aws_endpoint_url
         self._set_environment(aws_url)
         handlers = self._handlers if self._handlers is not None else default_handlers(self.settings)
         self.functions = {name: LocalFunction(name, handler) for name, handler in handlers.items()}
-        app = LambdaInvokeMiddleware(DomainDispatcherApplication(create_backend_app), self.functions)
-        self._server.app = app
+        own_app = LambdaInvokeMiddleware(DomainDispatcherApplication(create_backend_app), self.functions)
+        app: fastpath.WsgiApp
+        if self._relay_server is not None:
+            self._relay_server.app = own_app
+            app = RoutingApp(own_app, aws_process, is_local=is_workflow_request)
+        else:
+            assert self._server is not None
+            app = self._server.app = own_app
+            self._server_thread = threading.Thread(target=self._server.serve_forever, name="moto", daemon=True)
+            self._server_thread.start()
         # moto's own request handling dominates the local pipeline: cache what it recomputes per call, and
         # serve this process's AWS calls in process instead of over loopback TCP.
         fastpath.serve_in_process(aws_url, app, self.functions)
-        self._server_thread = threading.Thread(target=self._server.serve_forever, name="moto", daemon=True)
-        self._server_thread.start()
         # moto's backends live as long as the process: start each stack from an empty account.
         reset_moto(aws_url)
         run_state_machines(aws_url, True)
@@ -154,6 +185,35 @@ class LocalStack:
             self._dispatcher.start()
         return StackAddresses(aws_endpoint_url=aws_url, model_endpoint_url=model_url)
 
+    def _start_aws_process(self) -> RelayClient:
+        """Start this process's relay server and the AWS process; the client reaches the AWS process."""
+        self._relay_dir = tempfile.mkdtemp(prefix="bayroute-stack-")
+        workflow_socket = os.path.join(self._relay_dir, "workflow.sock")
+        aws_socket = os.path.join(self._relay_dir, "aws.sock")
+        self._relay_server = RelayServer(workflow_socket, _LateBoundApp()).start()
+        self._aws_child = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bayroute.local.aws_process",
+                f"--port={self._aws_port}",
+                f"--socket={aws_socket}",
+                f"--workflow-socket={workflow_socket}",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert self._aws_child.stdout is not None
+        line = self._aws_child.stdout.readline().decode("utf-8", "replace").strip()
+        if not line.startswith(READY_PREFIX):
+            code = self._aws_child.wait(timeout=10)
+            raise AwsProcessFailed(
+                f"the local stack's AWS process exited ({code}) before taking requests on port {self._aws_port}"
+                " (its error is above)"
+            )
+        self._aws_url = f"http://{LOOPBACK}:{int(line[len(READY_PREFIX) :])}"
+        return RelayClient(aws_socket)
+
     def stop(self) -> None:
         if self._monitor is not None:
             self._monitor.stop()
@@ -161,13 +221,16 @@ class LocalStack:
         if self._dispatcher is not None:
             self._dispatcher.stop()
             self._dispatcher = None
+        if self._aws_url is not None:
+            fastpath.stop_serving_in_process(self._aws_url)
         if self._server is not None:
-            fastpath.stop_serving_in_process(self.aws_endpoint_url)
             if self._server_thread is not None:
                 self._server.shutdown()
                 self._server_thread.join(timeout=10)
             self._server.server_close()
             self._server = None
+        self._stop_aws_process()
+        self._aws_url = None
         if self._model_server is not None:
             self._model_server.stop()
             self._model_server = None
@@ -176,13 +239,31 @@ class LocalStack:
             if LocalStack._running is self:
                 LocalStack._running = None
 
+    def _stop_aws_process(self) -> None:
+        if self._aws_child is not None:
+            for stream in (self._aws_child.stdin, self._aws_child.stdout):
+                if stream is not None:
+                    stream.close()  # the AWS process exits when its standard input closes
+            try:
+                self._aws_child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._aws_child.kill()
+                self._aws_child.wait()
+            self._aws_child = None
+        if self._relay_server is not None:
+            self._relay_server.stop()
+            self._relay_server = None
+        if self._relay_dir is not None:
+            shutil.rmtree(self._relay_dir, ignore_errors=True)
+            self._relay_dir = None
+
     # -- pieces ----------------------------------------------------------------------------------------
 
     @property
     def aws_endpoint_url(self) -> str:
-        if self._server is None:
+        if self._aws_url is None:
             raise RuntimeError("the local stack is not running")
-        return f"http://{LOOPBACK}:{self._server.server_port}"
+        return self._aws_url
 
     def client(self, service: str) -> Any:
         if self.session is None:
@@ -223,13 +304,6 @@ class LocalStack:
             else:
                 os.environ[key] = value
         self._saved_env.clear()
-
-
-class _QuietRequestHandler(MotoRequestHandler):
-    """moto's request handler without an access-log line per request (thousands per batch)."""
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        return None
 
 
 class _LateBoundApp:

@@ -3,7 +3,8 @@
 Trivial handlers stand in for the real ones, so that what is tested here is only the plumbing: S3 →
 EventBridge → SQS → dispatcher → ingest; the real ASL run by moto's interpreter, reaching the handlers
 through our Lambda Invoke API; named errors becoming ASL error names; Catch → SQS DLQ message and the
-ObjectDeadLettered event; and the environment restored on stop.
+ObjectDeadLettered event; and the environment restored on stop. Each runs against both shapes of the stack:
+two processes (the default: moto's storage and messaging services in a process of their own) and one.
 """
 
 from __future__ import annotations
@@ -58,15 +59,15 @@ def _threshold(event: dict[str, Any], _context: Any) -> dict[str, Any]:
     return {"status": "routed", "object_key": event["request"]["key"], "seen": sorted(event)}
 
 
-@pytest.fixture(scope="module")
-def stack() -> Any:
+@pytest.fixture(scope="module", params=[True, False], ids=["two-processes", "one-process"])
+def stack(request: pytest.FixtureRequest) -> Any:
     handlers = {
         NAMES.ingest_function: _ingest,
         NAMES.serialize_function: _serialize,
         NAMES.infer_function: _infer,
         NAMES.threshold_function: _threshold,
     }
-    with LocalStack(SETTINGS, handlers=handlers, start_model_endpoint=False) as running:
+    with LocalStack(SETTINGS, handlers=handlers, start_model_endpoint=False, aws_process=request.param) as running:
         yield running
 
 

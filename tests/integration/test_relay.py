@@ -1,0 +1,284 @@
+"""The relay between the local stack's two processes: requests arrive whole, answers come back whole, and each
+request reaches the process that owns its service."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from bayroute.config import load_settings
+from bayroute.local.aws_process import READY_PREFIX
+from bayroute.local.fastpath import call_app
+from bayroute.local.relay import (
+    MAX_FRAME_BYTES,
+    RelayClient,
+    RelayError,
+    RelayServer,
+    RoutingApp,
+    is_workflow_request,
+)
+from bayroute.local.stack import AwsProcessFailed, LocalStack
+
+SETTINGS = load_settings(env={})
+
+
+class EchoApp:
+    """Answers with what it was asked: method, path, query, chosen headers and the body; counts its calls."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length)
+        seen = {
+            "app": self.name,
+            "method": environ["REQUEST_METHOD"],
+            "path": environ["PATH_INFO"],
+            "query": environ["QUERY_STRING"],
+            "target": environ.get("HTTP_X_AMZ_TARGET"),
+            "meta": environ.get("HTTP_X_AMZ_META_NOTE"),
+            "body": body.decode("latin-1"),
+        }
+        self.calls.append(seen)
+        status = "404 Not Found" if environ["PATH_INFO"] == "/missing" else "200 OK"
+        start_response(status, [("Content-Type", "application/json"), ("X-Echo", self.name)])
+        return [json.dumps(seen).encode()]
+
+
+def _environ(method: str, path: str, body: bytes = b"", **headers: str) -> dict[str, Any]:
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "5000",
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "werkzeug.socket": object(),  # the server's own objects never cross
+    }
+    environ.update({f"HTTP_{name.upper()}": value for name, value in headers.items()})
+    return environ
+
+
+@pytest.fixture
+def echo_server(tmp_path: Path) -> Iterator[tuple[EchoApp, RelayServer]]:
+    app = EchoApp("aws")
+    server = RelayServer(str(tmp_path / "aws.sock"), app).start()
+    yield app, server
+    server.stop()
+
+
+def test_a_relayed_request_is_answered_as_the_app_answers_it_in_process(
+    echo_server: tuple[EchoApp, RelayServer],
+) -> None:
+    _, server = echo_server
+    body = bytes(range(256)) * 300  # binary, larger than one socket read
+    relayed = RelayClient(server.path).call(
+        {**_environ("PUT", "/inbox/a%20b.png", body, X_AMZ_META_NOTE="x"), "QUERY_STRING": "versionId=3"}
+    )
+    direct = call_app(
+        EchoApp("aws"),
+        {**_environ("PUT", "/inbox/a%20b.png", body, X_AMZ_META_NOTE="x"), "QUERY_STRING": "versionId=3"},
+    )
+    assert relayed == direct
+    status, headers, answer = relayed
+    assert status == 200 and ("X-Echo", "aws") in headers
+    seen = json.loads(answer)
+    assert seen["body"].encode("latin-1") == body and seen["query"] == "versionId=3" and seen["meta"] == "x"
+
+
+def test_an_error_status_comes_back_unchanged(echo_server: tuple[EchoApp, RelayServer]) -> None:
+    _, server = echo_server
+    status, _, _ = RelayClient(server.path).call(_environ("GET", "/missing"))
+    assert status == 404
+
+
+def test_each_calling_thread_keeps_its_own_connection(echo_server: tuple[EchoApp, RelayServer]) -> None:
+    app, server = echo_server
+    client = RelayClient(server.path)
+    answers: list[int] = []
+
+    def call_twice() -> None:
+        for _ in range(2):
+            answers.append(client.call(_environ("GET", "/ok"))[0])
+
+    threads = [threading.Thread(target=call_twice) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert answers == [200] * 8 and len(app.calls) == 8
+
+
+def test_an_unreachable_process_is_a_connection_error(tmp_path: Path) -> None:
+    with pytest.raises(RelayError, match="cannot reach the other process"):
+        RelayClient(str(tmp_path / "nobody.sock")).call(_environ("GET", "/"))
+    assert issubclass(RelayError, ConnectionError)
+
+
+def test_a_peer_that_closes_mid_request_is_a_connection_error_and_the_next_call_reconnects(tmp_path: Path) -> None:
+    path = str(tmp_path / "closing.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen()
+
+    def accept_and_close() -> None:
+        connection, _ = listener.accept()
+        connection.recv(65536)
+        connection.close()
+
+    closer = threading.Thread(target=accept_and_close)
+    closer.start()
+    client = RelayClient(path)
+    with pytest.raises(RelayError, match="closed the connection"):
+        client.call(_environ("POST", "/", b"payload"))
+    closer.join(timeout=10)
+    listener.close()
+    os.unlink(path)
+    app = EchoApp("again")
+    server = RelayServer(path, app).start()
+    try:
+        assert client.call(_environ("GET", "/ok"))[0] == 200  # a new connection, not the closed one
+    finally:
+        server.stop()
+
+
+def test_a_frame_over_the_limit_is_refused(tmp_path: Path) -> None:
+    path = str(tmp_path / "huge.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen()
+
+    def answer_with_a_huge_length() -> None:
+        connection, _ = listener.accept()
+        connection.recv(65536)
+        connection.sendall((MAX_FRAME_BYTES + 1).to_bytes(4, "big"))
+        connection.close()
+
+    thread = threading.Thread(target=answer_with_a_huge_length)
+    thread.start()
+    with pytest.raises(RelayError, match="over the"):
+        RelayClient(path).call(_environ("GET", "/"))
+    thread.join(timeout=10)
+    listener.close()
+
+
+@pytest.mark.parametrize(
+    ("headers", "path", "workflow"),
+    [
+        ({"HTTP_X_AMZ_TARGET": "AWSStepFunctions.StartExecution"}, "/", True),
+        ({}, "/2015-03-31/functions/bayroute-infer/invocations", True),
+        ({"HTTP_X_AMZ_TARGET": "AmazonSQS.ReceiveMessage"}, "/", False),
+        ({"HTTP_X_AMZ_TARGET": "DynamoDB_20120810.PutItem"}, "/", False),
+        ({"HTTP_X_AMZ_TARGET": "AWSEvents.PutEvents"}, "/", False),
+        ({}, "/bayroute-inbox/photo.png", False),
+        ({}, "/", False),
+    ],
+)
+def test_requests_are_told_apart_by_the_service_they_address(
+    headers: dict[str, str], path: str, workflow: bool
+) -> None:
+    assert is_workflow_request({"PATH_INFO": path, **headers}) is workflow
+
+
+def test_the_routing_app_answers_its_own_services_relays_the_others_and_sends_admin_calls_to_both(
+    echo_server: tuple[EchoApp, RelayServer],
+) -> None:
+    remote, server = echo_server
+    local = EchoApp("workflow")
+    app = RoutingApp(local, RelayClient(server.path), is_local=is_workflow_request)
+
+    def served_by(environ: dict[str, Any]) -> str:
+        status, headers, _ = call_app(app, environ)
+        assert status == 200
+        return dict(headers)["X-Echo"]
+
+    assert served_by(_environ("POST", "/", b"{}", X_AMZ_TARGET="AWSStepFunctions.ListExecutions")) == "workflow"
+    assert served_by(_environ("PUT", "/bucket/key", b"bytes")) == "aws"
+    assert served_by(_environ("POST", "/moto-api/reset", b"{}")) == "workflow"
+    assert [call["path"] for call in remote.calls] == ["/bucket/key", "/moto-api/reset"]
+    assert [call["path"] for call in local.calls] == ["/", "/moto-api/reset"]
+    assert local.calls[-1]["body"] == remote.calls[-1]["body"] == "{}"  # both read the whole body
+
+
+def test_the_aws_process_exits_when_its_standard_input_closes(tmp_path: Path) -> None:
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bayroute.local.aws_process",
+            f"--socket={tmp_path / 'aws.sock'}",
+            f"--workflow-socket={tmp_path / 'workflow.sock'}",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        assert child.stdout.readline().decode().startswith(READY_PREFIX)
+        assert (tmp_path / "aws.sock").exists()
+        child.stdin.close()
+        assert child.wait(timeout=20) == 0
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_taken_port_is_a_clear_error_and_leaves_nothing_running() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        stack = LocalStack(SETTINGS, handlers={}, start_model_endpoint=False, aws_port=port)
+        with pytest.raises(AwsProcessFailed, match=f"port {port}"):
+            stack.start()
+    assert stack._aws_child is None and stack._relay_dir is None
+    with LocalStack(SETTINGS, handlers={}, start_model_endpoint=False) as again:  # the process is free again
+        assert again.resources is not None
+
+
+def test_both_processes_answer_for_the_stack_whoever_asks() -> None:
+    stack = LocalStack(SETTINGS, handlers={}, start_model_endpoint=False)
+    with stack:
+        assert stack.resources is not None
+        # From this (the workflow) process, an S3 put is relayed to the AWS process ...
+        stack.client("s3").put_object(Bucket=SETTINGS.names.inbox_bucket, Key="relayed.png", Body=b"bytes")
+        # ... and another process reaches both services through the one public port, with no relay of its own.
+        script = (
+            "import boto3, json, sys\n"
+            "s3 = boto3.client('s3'); sfn = boto3.client('stepfunctions')\n"
+            f"body = s3.get_object(Bucket={SETTINGS.names.inbox_bucket!r}, Key='relayed.png')['Body'].read()\n"
+            "machines = [m['name'] for m in sfn.list_state_machines()['stateMachines']]\n"
+            "print(json.dumps({'body': body.decode(), 'machines': machines}))\n"
+        )
+        env = {**os.environ, "AWS_ENDPOINT_URL": stack.aws_endpoint_url}
+        seen = json.loads(
+            subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True).stdout
+        )
+        assert seen == {"body": "bytes", "machines": [SETTINGS.names.state_machine]}
+        child, url = stack._aws_child, stack.aws_endpoint_url
+        assert child is not None and child.poll() is None
+    assert child.wait(timeout=10) == 0  # the AWS process stopped with the stack, and its port with it
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"{url}/", timeout=2)
+
+
+def test_the_one_process_stack_still_runs_everything_in_process() -> None:
+    with LocalStack(SETTINGS, handlers={}, start_model_endpoint=False, aws_process=False) as stack:
+        assert stack._aws_child is None
+        stack.client("s3").put_object(Bucket=SETTINGS.names.inbox_bucket, Key="here.png", Body=b"x")
+        assert boto3.client("s3").get_object(Bucket=SETTINGS.names.inbox_bucket, Key="here.png")["Body"].read() == b"x"
