@@ -26,7 +26,7 @@ from moto.dynamodb.parsing import validators as dynamodb_validators
 from moto.dynamodb.parsing.expressions import UpdateExpressionParser
 from moto.events.utils import EventTemplateParser
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-from moto.sqs.models import SQSBackend, sqs_backends
+from moto.sqs.models import Queue, SQSBackend, sqs_backends
 from moto.sqs.responses import SQSResponse
 from moto.stepfunctions import parser as sfn_parser
 from moto.stepfunctions.parser.asl.component.common.path import result_path
@@ -114,6 +114,16 @@ def test_every_patched_place_is_still_where_moto_keeps_it() -> None:
     assert '"MessageRetentionPeriod"' in inspect.getsource(retention_check.__wrapped__)  # type: ignore[attr-defined]
     assert "self.node_to_validate = deepcopy(expression)" in inspect.getsource(dynamodb_validators.Validator)
     assert dynamodb_validators.deepcopy is fastpath.copy_expression_tree
+    # A send reads ContentBasedDeduplication through the attributes property, which FIFO queues alone have.
+    send = SQSBackend.send_message
+    assert getattr(send, "__bayroute_fastpath__", False)
+    assert 'queue.attributes.get("ContentBasedDeduplication") == "true"' in inspect.getsource(send.__wrapped__)  # type: ignore[attr-defined]
+    assert '"ContentBasedDeduplication"' in inspect.getsource(Queue).split("FIFO_ATTRIBUTES = [", 1)[1].split("]")[0]
+    assert (
+        '"ContentBasedDeduplication"' not in inspect.getsource(Queue).split("BASE_ATTRIBUTES = [", 1)[1].split("]")[0]
+    )
+    attributes = inspect.getattr_static(Queue, "attributes")
+    assert isinstance(attributes, property) and getattr(attributes.fget, "__bayroute_fastpath__", False)
     # The interpreter's Lambda tasks reach the function through this module global, by keyword.
     assert getattr(lambda_eval_utils._invoke_lambda_function, "__bayroute_fastpath__", False)
     invoke = lambda_eval_utils._invoke_lambda_function.__wrapped__  # type: ignore[attr-defined]
@@ -160,6 +170,39 @@ def test_the_retention_check_agrees_with_moto_on_either_side_of_the_retention_pe
         assert verdicts == [True, True, False, False]
         monkeypatch.undo()
         assert [m["Body"] for m in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]] == list("abc")
+
+
+def test_a_send_to_a_standard_queue_no_longer_counts_its_messages_and_answers_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    counted: list[str] = []
+    counting = inspect.getattr_static(Queue, "approximate_number_of_messages")
+
+    def count(queue: Any) -> int:
+        counted.append(queue.name)
+        return int(counting.fget(queue))
+
+    monkeypatch.setattr(Queue, "approximate_number_of_messages", property(count))
+    with mock_aws():
+        sqs = boto3.client("sqs", region_name=REGION)
+        url = sqs.create_queue(QueueName="backlog")["QueueUrl"]
+        for index in range(20):
+            sqs.send_message(QueueUrl=url, MessageBody=f"m{index}")
+        assert counted == []
+        backend = sqs_backends["123456789012"][REGION]
+        SQSBackend.send_message.__wrapped__(backend, "backlog", "by moto's own send")  # type: ignore[attr-defined]
+        assert counted == ["backlog"]  # moto's own send counts the queue on every message
+        attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        assert attributes["ApproximateNumberOfMessages"] == "21"  # every other reader still gets the counts
+        received = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+        assert [m["Body"] for m in received] == [f"m{index}" for index in range(10)]
+        # A FIFO queue still reads its attribute: content-based deduplication drops the second copy.
+        fifo = sqs.create_queue(
+            QueueName="orders.fifo", Attributes={"FifoQueue": "true", "ContentBasedDeduplication": "true"}
+        )["QueueUrl"]
+        for _ in range(2):
+            sqs.send_message(QueueUrl=fifo, MessageBody="same", MessageGroupId="g")
+        assert len(sqs.receive_message(QueueUrl=fifo, MaxNumberOfMessages=10)["Messages"]) == 1
 
 
 def test_an_expression_tree_copy_is_equal_and_shares_no_node() -> None:
