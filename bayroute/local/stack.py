@@ -25,6 +25,7 @@ import threading
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -202,6 +203,7 @@ class LocalStack:
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            env=_same_package_environment(),
         )
         assert self._aws_child.stdout is not None
         line = self._aws_child.stdout.readline().decode("utf-8", "replace").strip()
@@ -304,6 +306,16 @@ class LocalStack:
             else:
                 os.environ[key] = value
         self._saved_env.clear()
+
+
+def _same_package_environment() -> dict[str, str]:
+    """This process's environment, with the folder this ``bayroute`` came from first on the import path, so that
+    the AWS process runs the same code (a checkout run in place, beside an installed copy, included)."""
+    import bayroute
+
+    package_root = str(Path(bayroute.__file__).resolve().parent.parent)
+    inherited = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": package_root if not inherited else f"{package_root}{os.pathsep}{inherited}"}
 
 
 class _LateBoundApp:

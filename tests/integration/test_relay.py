@@ -282,3 +282,17 @@ def test_the_one_process_stack_still_runs_everything_in_process() -> None:
         assert stack._aws_child is None
         stack.client("s3").put_object(Bucket=SETTINGS.names.inbox_bucket, Key="here.png", Body=b"x")
         assert boto3.client("s3").get_object(Bucket=SETTINGS.names.inbox_bucket, Key="here.png")["Body"].read() == b"x"
+
+
+def test_the_aws_process_imports_the_same_bayroute_as_the_stack(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bayroute
+    from bayroute.local.stack import _same_package_environment
+
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    environment = _same_package_environment()
+    first, rest = environment["PYTHONPATH"].split(os.pathsep, 1)
+    assert rest == "/elsewhere"
+    probe = [sys.executable, "-c", "import bayroute; print(bayroute.__file__)"]
+    imported = subprocess.run(probe, env=environment, cwd="/", check=True, capture_output=True, text=True).stdout
+    assert Path(imported.strip()).resolve() == Path(bayroute.__file__).resolve()
+    assert Path(first) == Path(bayroute.__file__).resolve().parent.parent
