@@ -1,7 +1,8 @@
 """The local event pipeline: a put into the inbox bucket → the ``VehicleClassified`` event, step by step.
 
-The local stack runs in this process as ``bayroute up`` runs it (moto's server, the in-process handlers
-behind the Lambda Invoke API, the dispatcher, the model endpoint, the monitor). Another process puts the
+The local stack runs as ``bayroute up`` runs it: the workflow process (this one: the in-process handlers behind
+the Lambda Invoke API, moto's Step Functions, the dispatcher, the model endpoint, the monitor) and its AWS
+process (moto's storage and messaging services). Another process puts the
 images into the inbox bucket on a schedule and reads the outcomes queue (the EventBridge rule's SQS target
 for ``VehicleClassified``/``ObjectDeadLettered``). An object's latency runs from the start of its put to
 the moment its event reached the outcomes queue (SQS ``SentTimestamp``). Only images the model routes are
@@ -12,6 +13,9 @@ infer by wrapping ``HttpEndpoint.invoke``; both only read the clock, so what run
 runs. Phases, in this order: one image a second (the latency goal), a burst (capacity: images routed per
 second until the last one), a sustained rate (25 images/s). A phase that leaves objects unfinished at its
 timeout ends the run: its backlog would spill into the next phase.
+
+Beside them, the same burst in fresh stacks of both shapes, alternating: two processes (the default) and one
+(``aws_process=False``), so that what the second process buys is a ratio measured in the same run.
 """
 
 from __future__ import annotations
@@ -323,6 +327,44 @@ def _phase(name: str, rate: float | None, load: dict[str, Any], timings: Timings
     )
 
 
+def _burst_in_fresh_stack(
+    settings: Settings, items: Callable[[int, str], list[tuple[str, bytes]]], burst_count: int, *, aws_process: bool
+) -> float | None:
+    """Images/s routed from one burst in a new stack of the given shape; None if an object got no outcome."""
+    with LocalStack(settings, aws_process=aws_process) as stack:
+        assert stack.resources is not None
+        url, bucket, outcomes_url = (
+            stack.aws_endpoint_url,
+            settings.names.inbox_bucket,
+            stack.resources.outcomes_queue_url,
+        )
+        _run_load(url, bucket, outcomes_url, items(3, "shape-warmup"), 2.0, timeout_s=30.0)
+        load = _run_load(url, bucket, outcomes_url, items(burst_count, "shape"), None, timeout_s=PHASE_TIMEOUT_S)
+    phase = _phase("shape", None, load, Timings())
+    return phase.throughput if phase.missing == 0 else None
+
+
+def _compare_stack_shapes(
+    settings: Settings, items: Callable[[int, str], list[tuple[str, bytes]]], *, repeats: int, burst_count: int
+) -> dict[str, Any]:
+    """Bursts in fresh two-process and one-process stacks, alternating which goes first."""
+    two: list[float | None] = []
+    one: list[float | None] = []
+    for repeat in range(repeats):
+        order = (True, False) if repeat % 2 == 0 else (False, True)
+        for aws_process in order:
+            rate = _burst_in_fresh_stack(settings, items, burst_count, aws_process=aws_process)
+            (two if aws_process else one).append(rate)
+    ratios = [a / b for a, b in zip(two, one, strict=True) if a is not None and b is not None and b > 0]
+    return {
+        "burst": burst_count,
+        "two_processes_images_per_s": [None if r is None else round(r, 2) for r in two],
+        "one_process_images_per_s": [None if r is None else round(r, 2) for r in one],
+        "ratio_per_pair": [round(r, 3) for r in ratios],
+        "median_ratio": round(float(np.median(ratios)), 3) if ratios else None,
+    }
+
+
 def measure(
     settings: Settings,
     routable_pngs: Sequence[bytes],
@@ -411,6 +453,8 @@ def measure(
         details={"sustained_achieved_images_per_s": [round(p.throughput, 2) for p in sustained]},
         digits=2,
     )
+    shapes = _compare_stack_shapes(settings, items, repeats=repeats, burst_count=burst_count)
+    throughput_figure.details["one_process_side_by_side"] = shapes
     # What one image costs each handler when the stack is not queueing: the input of the cost figures.
     handler_p50 = {
         name: percentile([ms for phase in single for ms in phase.handler_ms[name]], 50)
