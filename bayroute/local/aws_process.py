@@ -3,13 +3,16 @@
 Started by ``LocalStack`` (``python -m bayroute.local.aws_process``); see ``relay.py`` for why the stack is
 two processes. This process answers S3, SQS, DynamoDB, EventBridge, SNS and CloudWatch itself, over HTTP for
 other processes and over its relay socket for the workflow process, and relays the Step Functions and Lambda
-requests that reach its port to the workflow process. It prints ``ready PORT`` once it takes requests and
-exits when its standard input closes, so it never outlives the stack that started it.
+requests that reach its port to the workflow process. The stack binds the port and hands this process the
+listening socket, so that the port is known (and any error about it raised) before this process has started.
+It prints ``ready PORT`` once it takes requests and exits when its standard input closes, so it never outlives
+the stack that started it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -36,33 +39,30 @@ def _is_aws_request(environ: dict[str, Any]) -> bool:
     return not is_workflow_request(environ)
 
 
-def serve(port: int, own_socket: str, workflow_socket: str) -> None:
+def serve(listening_fd: int, own_socket: str, workflow_socket: str) -> None:
     """Serve until standard input closes."""
     # Ctrl-C reaches the whole process group: the stack decides when this process ends, by closing its input.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    fastpath.apply()  # moto's per-request caches; this process makes no botocore calls of its own
+    fastpath.apply_to_services()  # moto's per-request caches; this process runs no interpreter, makes no calls
     moto_app = DomainDispatcherApplication(create_backend_app)
-    relay = RelayServer(own_socket, moto_app).start()
+    RelayServer(own_socket, moto_app).start()
     app = RoutingApp(moto_app, RelayClient(workflow_socket), is_local=_is_aws_request)
-    server = make_server(LOOPBACK, port, app, threaded=True, request_handler=QuietRequestHandler)
-    thread = threading.Thread(target=server.serve_forever, name="moto", daemon=True)
-    thread.start()
-    print(f"{READY_PREFIX}{server.server_port}", flush=True)
-    try:
-        sys.stdin.buffer.read()  # returns at EOF: the stack stopped, or its process died
-    finally:
-        server.shutdown()
-        server.server_close()
-        relay.stop()
+    server = make_server(LOOPBACK, 0, app, threaded=True, request_handler=QuietRequestHandler, fd=listening_fd)
+    threading.Thread(target=server.serve_forever, name="moto", daemon=True).start()
+    print(f"{READY_PREFIX}{server.port}", flush=True)
+    sys.stdin.buffer.read()  # returns at EOF: the stack stopped, or its process died
+    # Nothing here outlives the process (moto's state is the stack's, and the stack is gone): no orderly
+    # shutdown of the servers, whose polling loops would each take up to half a second to notice.
+    os._exit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, default=0, help="the HTTP port (0: any free one)")
+    parser.add_argument("--fd", type=int, required=True, help="a listening TCP socket, inherited from the stack")
     parser.add_argument("--socket", required=True, help="this process's relay socket path")
     parser.add_argument("--workflow-socket", required=True, help="the workflow process's relay socket path")
     arguments = parser.parse_args(argv)
-    serve(arguments.port, arguments.socket, arguments.workflow_socket)
+    serve(arguments.fd, arguments.socket, arguments.workflow_socket)
     return 0
 
 

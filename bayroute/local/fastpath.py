@@ -62,8 +62,10 @@ and werkzeug's HTTP parsing per call (werkzeug closes every connection). Same ap
 other processes (``bayroute submit``, the CLI) still use the socket. Each API call costs about half as much.
 
 The local stack calls ``serve_in_process`` once its application is built (it applies the caches too) and
-``stop_serving_in_process`` before it stops. ``tests/integration/test_fastpath_contract.py`` fails loudly when
-a moto, werkzeug or botocore upgrade moves or changes anything patched or mirrored here.
+``stop_serving_in_process`` before it stops. The stack's AWS process, which runs no Step Functions, calls
+``apply_to_services`` (patches 1, 5 to 9 and 11) and never imports moto's interpreter.
+``tests/integration/test_fastpath_contract.py`` fails loudly when a moto, werkzeug or botocore upgrade moves or
+changes anything patched or mirrored here.
 """
 
 from __future__ import annotations
@@ -96,12 +98,6 @@ from moto.core.utils import unix_time
 from moto.dynamodb.parsing.ast_nodes import Node as DynamoExpressionNode  # type: ignore[attr-defined]
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 from moto.sqs.models import Queue, SQSBackend
-from moto.stepfunctions.parser.asl.component.common.path import result_path
-from moto.stepfunctions.parser.asl.component.component import Component
-from moto.stepfunctions.parser.asl.component.eval_component import EvalComponent
-from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
-from moto.stepfunctions.parser.asl.utils import boto_client, json_path
-from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
 
 from bayroute.adapters import signed_s3
 from bayroute.local import lambda_api
@@ -129,6 +125,10 @@ _PATCHED = "__bayroute_fastpath__"
 _lock = threading.Lock()
 _programs: dict[str, Any] = {}
 _clients: dict[tuple[str, str, bool, str], Any] = {}
+# moto's Step Functions interpreter takes over a second to import (it pulls in Batch, EC2 and more): its
+# modules are imported where its patches are made, so that the stack's AWS process, which runs no
+# interpreter, never loads them (``apply_to_services``).
+_interpreter_patched = False
 
 
 def _patched(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -136,8 +136,12 @@ def _patched(function: Callable[..., Any]) -> Callable[..., Any]:
     return function
 
 
-def is_applied() -> bool:
+def services_patched() -> bool:
     return bool(getattr(DomainDispatcherApplication.get_backend_for_host, _PATCHED, False))
+
+
+def is_applied() -> bool:
+    return _interpreter_patched and services_patched()
 
 
 # -- 1. backend lookup per host --------------------------------------------------------------------------
@@ -191,6 +195,9 @@ def fix_heap_keys(program: Any) -> None:
     extra retry was measured: five endpoint calls where Retry allows four). Drawn here, once, the key never
     changes.
     """
+    from moto.stepfunctions.parser.asl.component.component import Component
+    from moto.stepfunctions.parser.asl.component.eval_component import EvalComponent
+
     seen: set[int] = set()
     pending: list[Any] = [program]
     while pending:
@@ -228,7 +235,7 @@ def _cached_entrypoint(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
 # -- 3. one boto3 client per region, service and endpoint ------------------------------------------------
 
 
-def _cached_clients(original: Callable[..., Any]) -> Callable[..., Any]:
+def _cached_clients(original: Callable[..., Any], boto_client: Any) -> Callable[..., Any]:
     @functools.wraps(original)
     def boto_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
         # What the original reads besides its arguments: whether moto intercepts boto in-process (mock_aws),
@@ -310,6 +317,8 @@ _DIRECT_INVOKE_PARAMETERS = frozenset({"FunctionName", "Payload", "InvocationTyp
 def _direct_lambda_invoke(original: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
     @functools.wraps(original)
     def _invoke_lambda_function(parameters: dict[str, Any], region: str, state_credentials: Any) -> dict[str, Any]:
+        from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+
         function = _direct_function(parameters, region, state_credentials)
         if function is None:
             return original(parameters=parameters, region=region, state_credentials=state_credentials)
@@ -335,6 +344,8 @@ def _direct_function(
         return None
     if parameters.get("InvocationType", "RequestResponse") != "RequestResponse":
         return None
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+
     client = lambda_eval_utils.boto_client_for(region=region, service="lambda", state_credentials=state_credentials)
     functions = _functions.get(str(client.meta.endpoint_url).rstrip("/"))
     if functions is None:
@@ -371,17 +382,47 @@ def _attributes_without_counts_while_sending(original: property) -> property:
     return property(_patched(attributes))
 
 
+def apply_to_services() -> None:
+    """Install the patches of moto's service backends and its server, 1, 5 to 9 and 11 (once per process): all that
+    the stack's AWS process, which runs no Step Functions, needs."""
+    with _lock:
+        _apply_to_services()
+
+
+def _apply_to_services() -> None:
+    if services_patched():
+        return
+    jsonpath_ext.parse = _cached_parse(jsonpath_ext.parse)  # type: ignore[assignment]
+    ErrorLookupFactory.for_service = _cached_error_lookup(ErrorLookupFactory.for_service)  # type: ignore[method-assign,assignment]
+    moto_responses.method_names_from_class = _cached_method_names(moto_responses.method_names_from_class)  # type: ignore[assignment]
+    SQSBackend.is_message_valid_based_on_retention_period = _retention_check(  # type: ignore[method-assign,assignment]
+        SQSBackend.is_message_valid_based_on_retention_period
+    )
+    dynamodb_validators.deepcopy = copy_expression_tree
+    SQSBackend.send_message = _send_without_counting(SQSBackend.send_message)  # type: ignore[method-assign]
+    Queue.attributes = _attributes_without_counts_while_sending(Queue.attributes)  # type: ignore[assignment,method-assign,arg-type]
+    # Last: services_patched() reads this one.
+    DomainDispatcherApplication.get_backend_for_host = _cached_backend_lookup(  # type: ignore[method-assign,assignment]
+        DomainDispatcherApplication.get_backend_for_host
+    )
+
+
 def apply() -> None:
     """Install the eleven patches and the in-process transport hook (once per process)."""
+    global _interpreter_patched
     with _lock:
-        if is_applied():
+        _apply_to_services()
+        if _interpreter_patched:
             return
-        jsonpath_ext.parse = _cached_parse(jsonpath_ext.parse)  # type: ignore[assignment]
-        ErrorLookupFactory.for_service = _cached_error_lookup(ErrorLookupFactory.for_service)  # type: ignore[method-assign,assignment]
+        from moto.stepfunctions.parser.asl.component.common.path import result_path
+        from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+        from moto.stepfunctions.parser.asl.utils import boto_client, json_path
+        from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
+
         json_path.parse = _cached_parse(json_path.parse)  # type: ignore[assignment]
         result_path.parse = _cached_parse(result_path.parse)  # type: ignore[assignment]
         original_client = boto_client.boto_client_for
-        cached_client = _cached_clients(original_client)
+        cached_client = _cached_clients(original_client, boto_client)
         for name in BOTO_CLIENT_MODULES:
             module = importlib.import_module(name)
             if getattr(module, "boto_client_for", None) is not original_client:
@@ -390,19 +431,9 @@ def apply() -> None:
         ExecutionWorker._get_evaluation_entrypoint = _cached_entrypoint(  # type: ignore[method-assign,assignment]
             ExecutionWorker._get_evaluation_entrypoint
         )
-        moto_responses.method_names_from_class = _cached_method_names(moto_responses.method_names_from_class)  # type: ignore[assignment]
-        SQSBackend.is_message_valid_based_on_retention_period = _retention_check(  # type: ignore[method-assign,assignment]
-            SQSBackend.is_message_valid_based_on_retention_period
-        )
-        dynamodb_validators.deepcopy = copy_expression_tree
-        SQSBackend.send_message = _send_without_counting(SQSBackend.send_message)  # type: ignore[method-assign]
-        Queue.attributes = _attributes_without_counts_while_sending(Queue.attributes)  # type: ignore[assignment,method-assign,arg-type]
         lambda_eval_utils._invoke_lambda_function = _direct_lambda_invoke(lambda_eval_utils._invoke_lambda_function)
-        # Last: is_applied() reads this one.
-        DomainDispatcherApplication.get_backend_for_host = _cached_backend_lookup(  # type: ignore[method-assign,assignment]
-            DomainDispatcherApplication.get_backend_for_host
-        )
         _install_transport()
+        _interpreter_patched = True
 
 
 def program_cached(definition: str) -> bool:

@@ -15,6 +15,7 @@ length and a pickle of plain strings over a kept-alive socket, one per calling t
 
 from __future__ import annotations
 
+import functools
 import io
 import pickle
 import socket
@@ -188,7 +189,9 @@ class RelayServer:
 
         self._server = socketserver.ThreadingUnixStreamServer(path, _Connection)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name=f"relay:{path}", daemon=True)
+        # A short poll, so that stopping the stack does not wait half a second for the loop to notice.
+        serve = functools.partial(self._server.serve_forever, poll_interval=0.05)
+        self._thread = threading.Thread(target=serve, name=f"relay:{path}", daemon=True)
 
     def start(self) -> RelayServer:
         self._thread.start()

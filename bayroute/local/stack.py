@@ -16,8 +16,10 @@ requests (``relay``). ``aws_process=False`` keeps everything in this process.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +44,7 @@ from bayroute.local.provision import Resources, provision
 from bayroute.local.relay import RelayClient, RelayServer, RoutingApp, is_workflow_request
 
 LOOPBACK = "127.0.0.1"
+logger = logging.getLogger(__name__)
 
 
 def default_handlers(settings: Settings) -> dict[str, Handler]:
@@ -72,6 +75,19 @@ class StackInProcess(RuntimeError):
 
 class AwsProcessFailed(RuntimeError):
     """The local stack's AWS process did not start."""
+
+
+class StackPortUnavailable(OSError):
+    """The port asked for the local stack's AWS endpoint cannot be listened on (another program has it)."""
+
+
+def _listen(port: int) -> socket.socket:
+    try:
+        return socket.create_server((LOOPBACK, port))
+    except OSError as exc:
+        raise StackPortUnavailable(
+            exc.errno, f"cannot listen on {LOOPBACK}:{port} for the local stack: {exc.strerror}"
+        ) from None
 
 
 class LocalStack:
@@ -137,17 +153,28 @@ class LocalStack:
             raise
 
     def _start(self) -> StackAddresses:
+        # The AWS process takes seconds to import moto: start it first, on a port bound here, and do this
+        # process's own start-up (the model endpoint, the handlers' imports) meanwhile. The middleware needs
+        # the function table before the server takes requests, and the handlers read the environment when
+        # imported: so the port comes first, then the environment, then the handlers.
+        listener = _listen(self._aws_port)
+        self._aws_url = f"http://{LOOPBACK}:{listener.getsockname()[1]}"
+        try:
+            if self._use_aws_process:
+                aws_process = self._start_aws_process(listener)
+            else:
+                self._server = make_server(
+                    LOOPBACK,
+                    0,
+                    _LateBoundApp(),
+                    threaded=True,
+                    request_handler=QuietRequestHandler,
+                    fd=listener.fileno(),
+                )
+        finally:
+            listener.close()  # the server (here or in the AWS process) listens on its own copy
         model_url = self._start_model_server() if self._start_model_endpoint else self.settings.endpoint_url
         self.settings = self.settings.with_endpoint_url(model_url)
-        # The middleware needs the function table before the server takes requests, and the handlers
-        # read the environment when imported: so open the port first, then set the environment.
-        if self._use_aws_process:
-            aws_process = self._start_aws_process()
-        else:
-            self._server = make_server(
-                LOOPBACK, self._aws_port, _LateBoundApp(), threaded=True, request_handler=QuietRequestHandler
-            )
-            self._aws_url = f"http://{LOOPBACK}:{self._server.server_port}"
         aws_url = self.aws_endpoint_url
         self._set_environment(aws_url)
         handlers = self._handlers if self._handlers is not None else default_handlers(self.settings)
@@ -165,6 +192,8 @@ class LocalStack:
         # moto's own request handling dominates the local pipeline: cache what it recomputes per call, and
         # serve this process's AWS calls in process instead of over loopback TCP.
         fastpath.serve_in_process(aws_url, app, self.functions)
+        if self._aws_child is not None:
+            self._wait_for_aws_process()
         # moto's backends live as long as the process: start each stack from an empty account.
         reset_moto(aws_url)
         run_state_machines(aws_url, True)
@@ -186,8 +215,9 @@ class LocalStack:
             self._dispatcher.start()
         return StackAddresses(aws_endpoint_url=aws_url, model_endpoint_url=model_url)
 
-    def _start_aws_process(self) -> RelayClient:
-        """Start this process's relay server and the AWS process; the client reaches the AWS process."""
+    def _start_aws_process(self, listener: socket.socket) -> RelayClient:
+        """Start this process's relay server and the AWS process, which serves ``listener``; the client reaches
+        the AWS process once it is ready (``_wait_for_aws_process``)."""
         self._relay_dir = tempfile.mkdtemp(prefix="bayroute-stack-")
         workflow_socket = os.path.join(self._relay_dir, "workflow.sock")
         aws_socket = os.path.join(self._relay_dir, "aws.sock")
@@ -197,24 +227,38 @@ class LocalStack:
                 sys.executable,
                 "-m",
                 "bayroute.local.aws_process",
-                f"--port={self._aws_port}",
+                f"--fd={listener.fileno()}",
                 f"--socket={aws_socket}",
                 f"--workflow-socket={workflow_socket}",
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            pass_fds=(listener.fileno(),),
             env=_same_package_environment(),
         )
-        assert self._aws_child.stdout is not None
-        line = self._aws_child.stdout.readline().decode("utf-8", "replace").strip()
-        if not line.startswith(READY_PREFIX):
-            code = self._aws_child.wait(timeout=10)
-            raise AwsProcessFailed(
-                f"the local stack's AWS process exited ({code}) before taking requests on port {self._aws_port}"
-                " (its error is above)"
-            )
-        self._aws_url = f"http://{LOOPBACK}:{int(line[len(READY_PREFIX) :])}"
         return RelayClient(aws_socket)
+
+    def _wait_for_aws_process(self) -> None:
+        child = self._aws_child
+        assert child is not None and child.stdout is not None
+        line = child.stdout.readline().decode("utf-8", "replace").strip()
+        if not line.startswith(READY_PREFIX):
+            code = child.wait(timeout=10)
+            raise AwsProcessFailed(
+                f"the local stack's AWS process exited ({code}) before taking requests (its error is above)"
+            )
+        threading.Thread(target=self._watch_aws_process, args=(child,), name="aws-process-watch", daemon=True).start()
+
+    def _watch_aws_process(self, child: subprocess.Popen[bytes]) -> None:
+        """Say so, loudly, if the AWS process ends while the stack runs: every AWS call fails from then on."""
+        code = child.wait()
+        if self._aws_child is child:  # not stopping
+            logger.error(
+                "the local stack's AWS process (pid %d) exited with %s: S3, SQS, DynamoDB, EventBridge, SNS and"
+                " CloudWatch calls fail until the stack is restarted",
+                child.pid,
+                code,
+            )
 
     def stop(self) -> None:
         if self._monitor is not None:
@@ -242,16 +286,16 @@ class LocalStack:
                 LocalStack._running = None
 
     def _stop_aws_process(self) -> None:
-        if self._aws_child is not None:
-            for stream in (self._aws_child.stdin, self._aws_child.stdout):
+        child, self._aws_child = self._aws_child, None
+        if child is not None:
+            for stream in (child.stdin, child.stdout):
                 if stream is not None:
                     stream.close()  # the AWS process exits when its standard input closes
             try:
-                self._aws_child.wait(timeout=10)
+                child.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                self._aws_child.kill()
-                self._aws_child.wait()
-            self._aws_child = None
+                child.kill()
+                child.wait()
         if self._relay_server is not None:
             self._relay_server.stop()
             self._relay_server = None

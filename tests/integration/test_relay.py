@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.exceptions
 import pytest
 
 from bayroute.config import load_settings
@@ -30,7 +34,7 @@ from bayroute.local.relay import (
     RoutingApp,
     is_workflow_request,
 )
-from bayroute.local.stack import AwsProcessFailed, LocalStack
+from bayroute.local.stack import AwsProcessFailed, LocalStack, StackPortUnavailable
 
 SETTINGS = load_settings(env={})
 
@@ -217,22 +221,31 @@ def test_the_routing_app_answers_its_own_services_relays_the_others_and_sends_ad
     assert local.calls[-1]["body"] == remote.calls[-1]["body"] == "{}"  # both read the whole body
 
 
-def test_the_aws_process_exits_when_its_standard_input_closes(tmp_path: Path) -> None:
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bayroute.local.aws_process",
-            f"--socket={tmp_path / 'aws.sock'}",
-            f"--workflow-socket={tmp_path / 'workflow.sock'}",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
+def test_the_aws_process_serves_the_socket_it_is_handed_and_exits_when_its_standard_input_closes(
+    tmp_path: Path,
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bayroute.local.aws_process",
+                f"--fd={listener.fileno()}",
+                f"--socket={tmp_path / 'aws.sock'}",
+                f"--workflow-socket={tmp_path / 'workflow.sock'}",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            pass_fds=(listener.fileno(),),
+        )
+        port = listener.getsockname()[1]
     assert child.stdin is not None and child.stdout is not None
     try:
-        assert child.stdout.readline().decode().startswith(READY_PREFIX)
+        assert child.stdout.readline().decode().strip() == f"{READY_PREFIX}{port}"
         assert (tmp_path / "aws.sock").exists()
+        # moto answers on the handed-over port (an S3 ListBuckets), though this process no longer listens there.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as answer:
+            assert b"ListAllMyBucketsResult" in answer.read()
         child.stdin.close()
         assert child.wait(timeout=20) == 0
     finally:
@@ -244,11 +257,19 @@ def test_a_taken_port_is_a_clear_error_and_leaves_nothing_running() -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         stack = LocalStack(SETTINGS, handlers={}, start_model_endpoint=False, aws_port=port)
-        with pytest.raises(AwsProcessFailed, match=f"port {port}"):
+        with pytest.raises(StackPortUnavailable, match=f"cannot listen on 127.0.0.1:{port}"):
             stack.start()
     assert stack._aws_child is None and stack._relay_dir is None
     with LocalStack(SETTINGS, handlers={}, start_model_endpoint=False) as again:  # the process is free again
         assert again.resources is not None
+
+
+def test_an_aws_process_that_dies_before_it_is_ready_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    stack = LocalStack(SETTINGS, handlers={}, start_model_endpoint=False)
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # a child that exits at once, without a word
+    with pytest.raises(AwsProcessFailed, match=r"exited \(1\) before taking requests"):
+        stack.start()
+    assert stack._aws_child is None and stack._relay_dir is None
 
 
 def test_both_processes_answer_for_the_stack_whoever_asks() -> None:
@@ -296,3 +317,42 @@ def test_the_aws_process_imports_the_same_bayroute_as_the_stack(monkeypatch: pyt
     imported = subprocess.run(probe, env=environment, cwd="/", check=True, capture_output=True, text=True).stdout
     assert Path(imported.strip()).resolve() == Path(bayroute.__file__).resolve()
     assert Path(first) == Path(bayroute.__file__).resolve().parent.parent
+
+
+def test_the_aws_process_patches_moto_services_without_loading_the_step_functions_interpreter() -> None:
+    # The interpreter's modules take over a second to import; the process that runs none must not pay for them.
+    script = (
+        "import sys, json\n"
+        "from bayroute.local import aws_process, fastpath\n"
+        "fastpath.apply_to_services()\n"
+        "interpreter = sorted(m for m in sys.modules if m.startswith('moto.stepfunctions.parser'))\n"
+        "print(json.dumps([fastpath.services_patched(), fastpath.is_applied(), interpreter]))\n"
+    )
+    answer = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout
+    assert json.loads(answer) == [True, False, []]
+
+
+def test_an_aws_process_that_dies_under_a_running_stack_is_reported_and_the_stack_still_stops(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="bayroute.local.stack")
+    stack = LocalStack(SETTINGS, handlers={}, start_model_endpoint=False)
+    with stack:
+        child = stack._aws_child
+        assert child is not None
+        child.send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while "exited with -9" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert f"AWS process (pid {child.pid}) exited with -9" in caplog.text
+        with pytest.raises(botocore.exceptions.ClientError):  # every AWS call fails, and says so
+            stack.client("s3").head_bucket(Bucket=SETTINGS.names.inbox_bucket)
+    assert stack._aws_child is None and stack._relay_dir is None
+
+
+def test_stopping_the_stack_is_not_reported_as_the_aws_process_dying(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="bayroute.local.stack")
+    with LocalStack(SETTINGS, handlers={}, start_model_endpoint=False):
+        pass
+    time.sleep(0.5)  # the watcher sees the exit after stop() returns
+    assert "AWS process" not in caplog.text
