@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import io
 import pickle
+import re
 import socket
 import socketserver
 import struct
@@ -36,10 +37,13 @@ _LENGTH = struct.Struct("!I")
 MAX_FRAME_BYTES = 256 * 1024 * 1024
 
 # Requests for the workflow process: Step Functions (JSON protocol, named by its target header) and the
-# Lambda API (its paths start with the API version). moto's admin API is the whole server's: both take it.
+# Lambda API (signed for the service "lambda"; an unsigned request by its path, which starts with the API's
+# version). moto's admin API is the whole server's: both take it.
 _WORKFLOW_TARGET_PREFIX = "AWSStepFunctions."
+_WORKFLOW_SIGNED_SERVICES = frozenset({"lambda", "states"})
 _LAMBDA_PATH_PREFIX = "/2015-03-31/"
 _ADMIN_PATH_PREFIX = "/moto-api/"
+_SIGNED_SERVICE = re.compile(r"Credential=[^/,]+/[^/,]+/[^/,]+/([^/,]+)/aws4_request")
 
 
 class RelayError(ConnectionError):
@@ -50,6 +54,9 @@ def is_workflow_request(environ: dict[str, Any]) -> bool:
     """Whether a request belongs to the workflow process (Step Functions, Lambda) rather than the AWS process."""
     if str(environ.get("HTTP_X_AMZ_TARGET", "")).startswith(_WORKFLOW_TARGET_PREFIX):
         return True
+    signed = _SIGNED_SERVICE.search(str(environ.get("HTTP_AUTHORIZATION", "")))
+    if signed is not None:  # a bucket may be named like the Lambda API's version: the signature says which
+        return signed.group(1) in _WORKFLOW_SIGNED_SERVICES
     return str(environ.get("PATH_INFO", "")).startswith(_LAMBDA_PATH_PREFIX)
 
 

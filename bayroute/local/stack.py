@@ -161,7 +161,7 @@ class LocalStack:
         self._aws_url = f"http://{LOOPBACK}:{listener.getsockname()[1]}"
         try:
             if self._use_aws_process:
-                aws_process = self._start_aws_process(listener)
+                aws_relay = self._start_aws_process(listener)
             else:
                 self._server = make_server(
                     LOOPBACK,
@@ -183,7 +183,7 @@ class LocalStack:
         app: fastpath.WsgiApp
         if self._relay_server is not None:
             self._relay_server.app = own_app
-            app = RoutingApp(own_app, aws_process, is_local=is_workflow_request)
+            app = RoutingApp(own_app, aws_relay, is_local=is_workflow_request)
         else:
             assert self._server is not None
             app = self._server.app = own_app

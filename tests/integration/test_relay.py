@@ -193,6 +193,16 @@ def test_a_frame_over_the_limit_is_refused(tmp_path: Path) -> None:
         ({"HTTP_X_AMZ_TARGET": "AWSEvents.PutEvents"}, "/", False),
         ({}, "/bayroute-inbox/photo.png", False),
         ({}, "/", False),
+        (
+            {"HTTP_AUTHORIZATION": "AWS4-HMAC-SHA256 Credential=AK/20261129/us-east-1/lambda/aws4_request, Sig=x"},
+            "/2015-03-31/functions/bayroute-infer/invocations",
+            True,
+        ),
+        (  # a bucket named like the Lambda API's version: the signature names S3
+            {"HTTP_AUTHORIZATION": "AWS4-HMAC-SHA256 Credential=AK/20261129/us-east-1/s3/aws4_request, Sig=x"},
+            "/2015-03-31/functions/key.png",
+            False,
+        ),
     ],
 )
 def test_requests_are_told_apart_by_the_service_they_address(
