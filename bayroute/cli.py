@@ -89,6 +89,7 @@ def up(
 ) -> None:
     """Run the local stack in the foreground: route every file that appears in WORKDIR/inbox/."""
     from bayroute.local.runtime import StackAlreadyRunning, running_stack, wait_for_signal
+    from bayroute.local.stack import AwsProcessFailed, StackPortUnavailable
 
     def report(destination: Path, record: dict[str, Any]) -> None:
         console.print(" | ".join([_record_name(record), *(cell for cell in _outcome_row(record) if cell)]))
@@ -111,7 +112,7 @@ def up(
                 f"{signal_name} received: stopping ({folder.pending()} object(s) still in flight stay in "
                 "the inbox and are submitted again on the next start)"
             )
-    except StackAlreadyRunning as exc:
+    except (StackAlreadyRunning, StackPortUnavailable, AwsProcessFailed) as exc:
         raise _fail(str(exc)) from exc
 
 

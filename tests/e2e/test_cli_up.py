@@ -80,3 +80,20 @@ def test_commands_that_need_a_running_stack_say_so(tmp_path: Path) -> None:
     result = subprocess.run([*BAYROUTE, "status", "--workdir", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 2
     assert "no local stack runs in" in result.stderr
+
+
+def test_up_on_a_taken_port_says_so_and_exits(tmp_path: Path) -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [*BAYROUTE, "up", "--workdir", str(tmp_path), "--aws-port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port} for the local stack" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not state_path(tmp_path).exists()
