@@ -36,7 +36,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from bayroute.config import Settings
 from bayroute.local import fastpath
-from bayroute.local.aws_process import READY_PREFIX, QuietRequestHandler
+from bayroute.local.aws_process import AWS_SOCKET, READY_PREFIX, WORKFLOW_SOCKET, QuietRequestHandler
 from bayroute.local.dispatcher import SqsDispatcher
 from bayroute.local.lambda_api import REGION, Handler, LambdaInvokeMiddleware, LocalFunction
 from bayroute.local.monitoring import LocalMonitor
@@ -219,24 +219,21 @@ class LocalStack:
         """Start this process's relay server and the AWS process, which serves ``listener``; the client reaches
         the AWS process once it is ready (``_wait_for_aws_process``)."""
         self._relay_dir = tempfile.mkdtemp(prefix="bayroute-stack-")
-        workflow_socket = os.path.join(self._relay_dir, "workflow.sock")
-        aws_socket = os.path.join(self._relay_dir, "aws.sock")
-        self._relay_server = RelayServer(workflow_socket, _LateBoundApp()).start()
+        self._relay_server = RelayServer(os.path.join(self._relay_dir, WORKFLOW_SOCKET), _LateBoundApp()).start()
         self._aws_child = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "bayroute.local.aws_process",
                 f"--fd={listener.fileno()}",
-                f"--socket={aws_socket}",
-                f"--workflow-socket={workflow_socket}",
+                f"--relay-dir={self._relay_dir}",
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             pass_fds=(listener.fileno(),),
             env=_same_package_environment(),
         )
-        return RelayClient(aws_socket)
+        return RelayClient(os.path.join(self._relay_dir, AWS_SOCKET))
 
     def _wait_for_aws_process(self) -> None:
         child = self._aws_child

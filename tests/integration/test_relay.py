@@ -234,6 +234,8 @@ def test_the_routing_app_answers_its_own_services_relays_the_others_and_sends_ad
 def test_the_aws_process_serves_the_socket_it_is_handed_and_exits_when_its_standard_input_closes(
     tmp_path: Path,
 ) -> None:
+    relay_dir = tmp_path / "relay"
+    relay_dir.mkdir()
     with socket.create_server(("127.0.0.1", 0)) as listener:
         child = subprocess.Popen(
             [
@@ -241,8 +243,7 @@ def test_the_aws_process_serves_the_socket_it_is_handed_and_exits_when_its_stand
                 "-m",
                 "bayroute.local.aws_process",
                 f"--fd={listener.fileno()}",
-                f"--socket={tmp_path / 'aws.sock'}",
-                f"--workflow-socket={tmp_path / 'workflow.sock'}",
+                f"--relay-dir={relay_dir}",
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -252,12 +253,13 @@ def test_the_aws_process_serves_the_socket_it_is_handed_and_exits_when_its_stand
     assert child.stdin is not None and child.stdout is not None
     try:
         assert child.stdout.readline().decode().strip() == f"{READY_PREFIX}{port}"
-        assert (tmp_path / "aws.sock").exists()
+        assert (relay_dir / "aws.sock").exists()
         # moto answers on the handed-over port (an S3 ListBuckets), though this process no longer listens there.
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as answer:
             assert b"ListAllMyBucketsResult" in answer.read()
-        child.stdin.close()
+        child.stdin.close()  # as when the stack stops, or its process is killed
         assert child.wait(timeout=20) == 0
+        assert not relay_dir.exists()  # a killed stack leaves no sockets behind
     finally:
         child.kill()
         child.wait()
