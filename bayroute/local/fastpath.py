@@ -314,12 +314,12 @@ def copy_expression_tree(value: Any, memo: dict[int, Any] | None = None) -> Any:
 _DIRECT_INVOKE_PARAMETERS = frozenset({"FunctionName", "Payload", "InvocationType"})
 
 
-def _direct_lambda_invoke(original: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+def _direct_lambda_invoke(
+    original: Callable[..., dict[str, Any]], lambda_eval_utils: Any
+) -> Callable[..., dict[str, Any]]:
     @functools.wraps(original)
     def _invoke_lambda_function(parameters: dict[str, Any], region: str, state_credentials: Any) -> dict[str, Any]:
-        from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
-
-        function = _direct_function(parameters, region, state_credentials)
+        function = _direct_function(parameters, region, state_credentials, lambda_eval_utils)
         if function is None:
             return original(parameters=parameters, region=region, state_credentials=state_credentials)
         payload = parameters.get("Payload") or b""
@@ -337,15 +337,13 @@ def _direct_lambda_invoke(original: Callable[..., dict[str, Any]]) -> Callable[.
 
 
 def _direct_function(
-    parameters: dict[str, Any], region: str, state_credentials: Any
+    parameters: dict[str, Any], region: str, state_credentials: Any, lambda_eval_utils: Any
 ) -> lambda_api.LocalFunction | None:
     """The registered function a synchronous invoke of the stack's endpoint names, or None."""
     if not _functions or not set(parameters) <= _DIRECT_INVOKE_PARAMETERS:
         return None
     if parameters.get("InvocationType", "RequestResponse") != "RequestResponse":
         return None
-    from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
-
     client = lambda_eval_utils.boto_client_for(region=region, service="lambda", state_credentials=state_credentials)
     functions = _functions.get(str(client.meta.endpoint_url).rstrip("/"))
     if functions is None:
@@ -431,7 +429,9 @@ def apply() -> None:
         ExecutionWorker._get_evaluation_entrypoint = _cached_entrypoint(  # type: ignore[method-assign,assignment]
             ExecutionWorker._get_evaluation_entrypoint
         )
-        lambda_eval_utils._invoke_lambda_function = _direct_lambda_invoke(lambda_eval_utils._invoke_lambda_function)
+        lambda_eval_utils._invoke_lambda_function = _direct_lambda_invoke(
+            lambda_eval_utils._invoke_lambda_function, lambda_eval_utils
+        )
         _install_transport()
         _interpreter_patched = True
 
