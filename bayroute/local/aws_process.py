@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-from werkzeug.serving import make_server
+from werkzeug.serving import BaseWSGIServer, make_server
 
 from bayroute.local import fastpath
 from bayroute.local.relay import RelayClient, RelayServer, RoutingApp, is_workflow_request
@@ -39,6 +39,16 @@ class QuietRequestHandler(MotoRequestHandler):
         return None
 
 
+def command(listening_fd: int, relay_dir: str | Path) -> list[str]:
+    """The command line that starts this process (``listening_fd`` must be passed to it)."""
+    return [sys.executable, "-m", "bayroute.local.aws_process", f"--fd={listening_fd}", f"--relay-dir={relay_dir}"]
+
+
+def http_server(app: Any, listening_fd: int) -> BaseWSGIServer:
+    """moto's threaded HTTP server, quiet, on a socket already listening (the one-process stack uses it too)."""
+    return make_server(LOOPBACK, 0, app, threaded=True, request_handler=QuietRequestHandler, fd=listening_fd)
+
+
 def _is_aws_request(environ: dict[str, Any]) -> bool:
     return not is_workflow_request(environ)
 
@@ -51,7 +61,7 @@ def serve(listening_fd: int, relay_dir: Path) -> None:
     moto_app = DomainDispatcherApplication(create_backend_app)
     RelayServer(str(relay_dir / AWS_SOCKET), moto_app).start()
     app = RoutingApp(moto_app, RelayClient(str(relay_dir / WORKFLOW_SOCKET)), is_local=_is_aws_request)
-    server = make_server(LOOPBACK, 0, app, threaded=True, request_handler=QuietRequestHandler, fd=listening_fd)
+    server = http_server(app, listening_fd)
     threading.Thread(target=server.serve_forever, name="moto", daemon=True).start()
     print(f"{READY_PREFIX}{server.port}", flush=True)
     sys.stdin.buffer.read()  # returns at EOF: the stack stopped, or its process died

@@ -21,7 +21,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import urllib.request
@@ -32,11 +31,11 @@ from typing import Any
 
 import boto3
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer
 
 from bayroute.config import Settings
-from bayroute.local import fastpath
-from bayroute.local.aws_process import AWS_SOCKET, READY_PREFIX, WORKFLOW_SOCKET, QuietRequestHandler
+from bayroute.local import aws_process, fastpath
+from bayroute.local.aws_process import AWS_SOCKET, READY_PREFIX, WORKFLOW_SOCKET
 from bayroute.local.dispatcher import SqsDispatcher
 from bayroute.local.lambda_api import REGION, Handler, LambdaInvokeMiddleware, LocalFunction
 from bayroute.local.monitoring import LocalMonitor
@@ -163,14 +162,7 @@ class LocalStack:
             if self._use_aws_process:
                 aws_relay = self._start_aws_process(listener)
             else:
-                self._server = make_server(
-                    LOOPBACK,
-                    0,
-                    _LateBoundApp(),
-                    threaded=True,
-                    request_handler=QuietRequestHandler,
-                    fd=listener.fileno(),
-                )
+                self._server = aws_process.http_server(_LateBoundApp(), listener.fileno())
         finally:
             listener.close()  # the server (here or in the AWS process) listens on its own copy
         model_url = self._start_model_server() if self._start_model_endpoint else self.settings.endpoint_url
@@ -221,13 +213,7 @@ class LocalStack:
         self._relay_dir = tempfile.mkdtemp(prefix="bayroute-stack-")
         self._relay_server = RelayServer(os.path.join(self._relay_dir, WORKFLOW_SOCKET), _LateBoundApp()).start()
         self._aws_child = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bayroute.local.aws_process",
-                f"--fd={listener.fileno()}",
-                f"--relay-dir={self._relay_dir}",
-            ],
+            aws_process.command(listener.fileno(), self._relay_dir),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             pass_fds=(listener.fileno(),),

@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import botocore.exceptions
 import pytest
 
 from bayroute.config import load_settings
+from bayroute.local import aws_process
 from bayroute.local.aws_process import READY_PREFIX
 from bayroute.local.fastpath import call_app
 from bayroute.local.relay import (
@@ -136,25 +138,35 @@ def test_an_unreachable_process_is_a_connection_error(tmp_path: Path) -> None:
     assert issubclass(RelayError, ConnectionError)
 
 
-def test_a_peer_that_closes_mid_request_is_a_connection_error_and_the_next_call_reconnects(tmp_path: Path) -> None:
-    path = str(tmp_path / "closing.sock")
+@contextmanager
+def _peer_answering_once(path: str, reply: bytes) -> Iterator[None]:
+    """A raw peer at ``path`` that takes one connection, reads the request, writes ``reply`` and closes; the
+    socket path is free again on exit."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen()
 
-    def accept_and_close() -> None:
+    def answer_once() -> None:
         connection, _ = listener.accept()
         connection.recv(65536)
+        connection.sendall(reply)
         connection.close()
 
-    closer = threading.Thread(target=accept_and_close)
-    closer.start()
+    thread = threading.Thread(target=answer_once)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join(timeout=10)
+        listener.close()
+        os.unlink(path)
+
+
+def test_a_peer_that_closes_mid_request_is_a_connection_error_and_the_next_call_reconnects(tmp_path: Path) -> None:
+    path = str(tmp_path / "closing.sock")
     client = RelayClient(path)
-    with pytest.raises(RelayError, match="closed the connection"):
+    with _peer_answering_once(path, b""), pytest.raises(RelayError, match="closed the connection"):
         client.call(_environ("POST", "/", b"payload"))
-    closer.join(timeout=10)
-    listener.close()
-    os.unlink(path)
     app = EchoApp("again")
     server = RelayServer(path, app).start()
     try:
@@ -165,22 +177,11 @@ def test_a_peer_that_closes_mid_request_is_a_connection_error_and_the_next_call_
 
 def test_a_frame_over_the_limit_is_refused(tmp_path: Path) -> None:
     path = str(tmp_path / "huge.sock")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen()
-
-    def answer_with_a_huge_length() -> None:
-        connection, _ = listener.accept()
-        connection.recv(65536)
-        connection.sendall((MAX_FRAME_BYTES + 1).to_bytes(4, "big"))
-        connection.close()
-
-    thread = threading.Thread(target=answer_with_a_huge_length)
-    thread.start()
-    with pytest.raises(RelayError, match="over the"):
+    with (
+        _peer_answering_once(path, (MAX_FRAME_BYTES + 1).to_bytes(4, "big")),
+        pytest.raises(RelayError, match="over the"),
+    ):
         RelayClient(path).call(_environ("GET", "/"))
-    thread.join(timeout=10)
-    listener.close()
 
 
 @pytest.mark.parametrize(
@@ -238,13 +239,7 @@ def test_the_aws_process_serves_the_socket_it_is_handed_and_exits_when_its_stand
     relay_dir.mkdir()
     with socket.create_server(("127.0.0.1", 0)) as listener:
         child = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bayroute.local.aws_process",
-                f"--fd={listener.fileno()}",
-                f"--relay-dir={relay_dir}",
-            ],
+            aws_process.command(listener.fileno(), relay_dir),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             pass_fds=(listener.fileno(),),
