@@ -25,7 +25,8 @@ patches eleven places, each a cache or a cheaper way to something moto recompute
    PLY parser). The module attribute is replaced by the same per-text cache, so that import finds it.
 6. ``ErrorLookupFactory.for_service``: every error answer (a ``NoSuchKey``, a conditional-check failure)
    builds the service's error table from its botocore model, because ``get_error_model`` makes a new
-   factory, and with it an empty cache, per call. The table depends only on the service: kept per service id.
+   factory, and with it an empty cache, per call. The table depends only on the model, one object per service
+   in moto: kept per model.
 7. ``method_names_from_class``, as ``moto.core.responses`` binds it (every JSON-protocol request: SQS,
    DynamoDB, EventBridge, Step Functions): lists the response class's members with ``inspect.getmembers``
    to check that the action is one of its methods. A class's methods do not change: kept per class.
@@ -263,17 +264,19 @@ def _cached_parse(original: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def _cached_error_lookup(original: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
-    tables: dict[str, Any] = {}
+    # Per model object, not per service id: moto's own models (one per service, ``get_service_model`` is cached)
+    # declare errors that botocore's model of the same service does not (S3's PreconditionFailed is a 412 in
+    # moto's, unknown and so a 400 in botocore's). The model is kept with its table, so that its id stays its own.
+    tables: dict[int, tuple[Any, Any]] = {}
 
     @functools.wraps(original)
     def for_service(self: Any, service_model: Any) -> Any:
-        service_id = service_model.metadata.get("serviceId")
-        if service_id is None:  # moto does not cache these either
+        if service_model.metadata.get("serviceId") is None:  # moto does not cache these either
             return original(self, service_model)
-        table = tables.get(service_id)
-        if table is None:
-            table = tables[service_id] = original(self, service_model)
-        return table
+        cached = tables.get(id(service_model))
+        if cached is None:
+            cached = tables[id(service_model)] = (service_model, original(self, service_model))
+        return cached[1]
 
     return _patched(for_service)
 

@@ -22,6 +22,7 @@ from moto import mock_aws
 from moto.core import errors
 from moto.core import responses as moto_responses
 from moto.core.errors import ErrorLookupFactory
+from moto.core.utils import get_service_model
 from moto.dynamodb.parsing import validators as dynamodb_validators
 from moto.dynamodb.parsing.expressions import UpdateExpressionParser
 from moto.events.utils import EventTemplateParser
@@ -139,6 +140,11 @@ def test_error_answers_keep_their_codes_with_the_error_table_cached() -> None:
     first = ErrorLookupFactory().for_service(model)
     assert ErrorLookupFactory().for_service(model) is first
     assert first.from_code("NoSuchKey") is not None and first.from_code("NoSuchKey").name == "NoSuchKey"
+    # moto's own model of the same service gets its own table: it declares errors botocore's does not.
+    assert first.from_code("PreconditionFailed") is None
+    moto_table = ErrorLookupFactory().for_service(get_service_model("s3"))
+    assert ErrorLookupFactory().for_service(get_service_model("s3")) is moto_table
+    assert moto_table.from_code("PreconditionFailed").metadata["error"]["httpStatusCode"] == 412
 
 
 def test_method_names_are_listed_once_per_class_and_are_the_same() -> None:
