@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from moto.moto_server.werkzeug_app import MotoRequestHandler
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from bayroute.local import fastpath
@@ -58,7 +58,7 @@ def serve(listening_fd: int, relay_dir: Path) -> None:
     # Ctrl-C reaches the whole process group: the stack decides when this process ends, by closing its input.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     fastpath.apply_to_services()  # moto's per-request caches; this process runs no interpreter, makes no calls
-    moto_app = DomainDispatcherApplication(create_backend_app)
+    moto_app = fastpath.moto_application()
     RelayServer(str(relay_dir / AWS_SOCKET), moto_app).start()
     app = RoutingApp(moto_app, RelayClient(str(relay_dir / WORKFLOW_SOCKET)), is_local=_is_aws_request)
     server = http_server(app, listening_fd)

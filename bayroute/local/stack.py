@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import BaseWSGIServer
 
 from bayroute.config import Settings
@@ -171,7 +170,7 @@ class LocalStack:
         self._set_environment(aws_url)
         handlers = self._handlers if self._handlers is not None else default_handlers(self.settings)
         self.functions = {name: LocalFunction(name, handler) for name, handler in handlers.items()}
-        own_app = LambdaInvokeMiddleware(DomainDispatcherApplication(create_backend_app), self.functions)
+        own_app = LambdaInvokeMiddleware(fastpath.moto_application(), self.functions)
         app: fastpath.WsgiApp
         if self._relay_server is not None:
             self._relay_server.app = own_app

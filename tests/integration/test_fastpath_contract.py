@@ -22,11 +22,11 @@ from moto import mock_aws
 from moto.core import errors
 from moto.core import responses as moto_responses
 from moto.core.errors import ErrorLookupFactory
-from moto.core.utils import get_service_model
+from moto.core.utils import convert_to_flask_response, get_service_model
 from moto.dynamodb.parsing import validators as dynamodb_validators
 from moto.dynamodb.parsing.expressions import UpdateExpressionParser
 from moto.events.utils import EventTemplateParser
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler
 from moto.sqs.models import Queue, SQSBackend, sqs_backends
 from moto.sqs.responses import SQSResponse
 from moto.stepfunctions import parser as sfn_parser
@@ -120,6 +120,11 @@ def test_every_patched_place_is_still_where_moto_keeps_it() -> None:
     assert getattr(send, "__bayroute_fastpath__", False)
     assert 'queue.attributes.get("ContentBasedDeduplication") == "true"' in inspect.getsource(send.__wrapped__)  # type: ignore[attr-defined]
     assert '"ContentBasedDeduplication"' in inspect.getsource(Queue).split("FIFO_ATTRIBUTES = [", 1)[1].split("]")[0]
+    # 12: what FlasklessBackend runs in place of moto's Flask view (compared answer for answer in
+    # test_flaskless_backends.py)
+    view = inspect.getsource(convert_to_flask_response.__call__)
+    assert "result = self.callback(request, request.raw_url, dict(request.headers))" in view
+    assert "recorder._record_request(request)" in view
     assert (
         '"ContentBasedDeduplication"' not in inspect.getsource(Queue).split("BASE_ATTRIBUTES = [", 1)[1].split("]")[0]
     )
@@ -342,7 +347,7 @@ def moto_app(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, dict[str, L
         "double": LocalFunction("double", lambda event, _ctx: {"value": event["value"] * 2}),
         "refuse": LocalFunction("refuse", _refuse),
     }
-    app = LambdaInvokeMiddleware(DomainDispatcherApplication(create_backend_app), functions)
+    app = LambdaInvokeMiddleware(fastpath.moto_application(), functions)
     with _Served(app) as served:
         monkeypatch.setenv("MOTO_PORT", str(served.server.server_port))
         _client("s3", served.url)  # (a session exists before registration, as in the stack)
@@ -462,7 +467,7 @@ def test_a_direct_invoke_fails_with_the_error_name_and_cause_that_the_invoke_api
     invoke_requests = _invoke_requests(monkeypatch)
     direct = _finished(sfn, machine, "direct", {"key": "cat.png"})
     assert invoke_requests == []
-    app = LambdaInvokeMiddleware(DomainDispatcherApplication(create_backend_app), functions)
+    app = LambdaInvokeMiddleware(fastpath.moto_application(), functions)
     fastpath.stop_serving_in_process(url)
     fastpath.serve_in_process(url, app)  # the transport stays in process; invokes go through the Invoke API
     through_the_api = _finished(sfn, machine, "through-the-api", {"key": "cat.png"})
