@@ -4,6 +4,7 @@ request reaches the process that owns its service."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ from bayroute.local.relay import (
     RelayError,
     RelayServer,
     RoutingApp,
+    _receive_frame,
     is_workflow_request,
 )
 from bayroute.local.stack import AwsProcessFailed, LocalStack, StackPortUnavailable
@@ -173,6 +175,48 @@ def test_a_peer_that_closes_mid_request_is_a_connection_error_and_the_next_call_
         assert client.call(_environ("GET", "/ok"))[0] == 200  # a new connection, not the closed one
     finally:
         server.stop()
+
+
+def _frame_read_while_sent_in(pieces: list[bytes]) -> bytes:
+    """What ``_receive_frame`` reads while a peer writes ``pieces`` apart in time (then closes)."""
+    reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+
+    def write() -> None:
+        for piece in pieces:
+            writer.sendall(piece)
+            time.sleep(0.05)  # each piece reaches the reader on its own
+        writer.close()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    try:
+        return _receive_frame(reader)
+    finally:
+        thread.join(timeout=10)
+        reader.close()
+
+
+@pytest.mark.parametrize(
+    "cuts",
+    [(), (2,), (4,), (6,), (2, 6, 100)],
+    ids=["whole", "prefix-split", "body-apart", "body-split", "everything-split"],
+)
+def test_a_frame_is_read_whole_however_it_arrives(cuts: tuple[int, ...]) -> None:
+    body = bytes(range(256)) * 1200  # past the first read's buffer
+    frame = len(body).to_bytes(4, "big") + body
+    edges = [0, *cuts, len(frame)]
+    assert _frame_read_while_sent_in([frame[a:b] for a, b in itertools.pairwise(edges)]) == body
+
+
+def test_a_peer_that_closes_inside_a_frame_or_sends_past_it_is_an_error() -> None:
+    with pytest.raises(RelayError, match="closed the connection"):
+        _frame_read_while_sent_in([b"\x00\x00"])
+    with pytest.raises(RelayError, match="closed the connection"):
+        _frame_read_while_sent_in([(10).to_bytes(4, "big") + b"12345"])
+    with pytest.raises(RelayError, match="closed the connection"):
+        _frame_read_while_sent_in([])
+    with pytest.raises(RelayError, match="2 bytes past a frame"):
+        _frame_read_while_sent_in([(3).to_bytes(4, "big") + b"abcde"])
 
 
 def test_a_frame_over_the_limit_is_refused(tmp_path: Path) -> None:
