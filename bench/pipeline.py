@@ -24,6 +24,7 @@ import concurrent.futures
 import functools
 import json
 import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -192,6 +193,7 @@ def _put_and_collect(
         puts[key] = (started, time.time())
 
     collector = threading.Thread(target=collect, daemon=True)
+    cpu_started = time.process_time()
     collector.start()
     with concurrent.futures.ThreadPoolExecutor(max_workers=PUTTERS) as putters:
         began = time.time()
@@ -207,7 +209,19 @@ def _put_and_collect(
     collector.join(timeout=timeout_s)
     stop.set()
     collector.join(timeout=5)
-    results.put({"puts": puts, "outcomes": outcomes})
+    results.put({"puts": puts, "outcomes": outcomes, "cpu_s": time.process_time() - cpu_started})
+
+
+def process_cpu_s(pid: int | None = None) -> float | None:
+    """User plus system CPU seconds of process ``pid`` (this one when None) so far; None where /proc is not."""
+    if pid is None:
+        return time.process_time()
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
 
 
 def _run_load(
@@ -252,6 +266,12 @@ class Phase:
     seconds: float  # first put start → last outcome
     handler_ms: dict[str, list[float]]  # each Lambda handler's duration; "execution": serialize start → threshold end
     put_span_s: float  # first put start → last put end: the load generator keeping up with ``offered_per_s``
+    # CPU seconds each process spent during the phase (the stack's two and the load generator), where measured
+    cpu_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def cpu_ms_per_image(self) -> dict[str, float]:
+        return {name: 1000.0 * seconds / self.routed for name, seconds in self.cpu_s.items()} if self.routed else {}
 
     @property
     def throughput(self) -> float:
@@ -275,6 +295,7 @@ class Phase:
             "steps_p50_ms": {k: round(percentile(v, 50), 2) for k, v in self.steps_ms.items() if v},
             "steps_p99_ms": {k: round(percentile(v, 99), 2) for k, v in self.steps_ms.items() if v},
             "handlers_p50_ms": {k: round(percentile(v, 50), 2) for k, v in self.handler_ms.items() if v},
+            "cpu_ms_per_image": {k: round(v, 1) for k, v in self.cpu_ms_per_image.items()},
         }
 
 
@@ -336,6 +357,15 @@ def _phase(name: str, rate: float | None, load: dict[str, Any], timings: Timings
     )
 
 
+def _stack_cpu_s(stack: LocalStack) -> dict[str, float]:
+    """CPU seconds so far of the stack's processes: this one (the workflow process) and its AWS process."""
+    spent = {"workflow_process": time.process_time()}
+    aws = process_cpu_s(stack.aws_process_id) if stack.aws_process_id is not None else None
+    if aws is not None:
+        spent["aws_process"] = aws
+    return spent
+
+
 def _burst_in_fresh_stack(
     settings: Settings, items: Callable[[int, str], list[tuple[str, bytes]]], burst_count: int, *, aws_process: bool
 ) -> float | None:
@@ -374,6 +404,24 @@ def _compare_stack_shapes(
     }
 
 
+def _cpu_ceiling(bursts: Sequence[Phase]) -> dict[str, Any]:
+    """The bursts' CPU per image, process by process (medians), and the rate at which that CPU would fill every
+    usable core: the hardware limit this stack and load generator can reach on this machine."""
+    names = sorted({name for phase in bursts for name in phase.cpu_s})
+    per_image = {
+        name: float(np.median([phase.cpu_ms_per_image[name] for phase in bursts if name in phase.cpu_s]))
+        for name in names
+    }
+    if not per_image:
+        return {}
+    cores = len(os.sched_getaffinity(0))
+    return {
+        "burst_cpu_ms_per_image": {name: round(ms, 1) for name, ms in per_image.items()},
+        "cpu_ceiling_images_per_s": round(cores * 1000.0 / sum(per_image.values()), 1),
+        "cpu_ceiling_cores": cores,
+    }
+
+
 def measure(
     settings: Settings,
     routable_pngs: Sequence[bytes],
@@ -402,9 +450,14 @@ def measure(
 
             def run(name: str, count: int, rate: float | None) -> bool:
                 """One phase; False when objects were still unfinished at its timeout (the stack is backlogged)."""
+                before = _stack_cpu_s(stack)
                 load = _run_load(url, bucket, outcomes_url, items(count, name), rate, timeout_s=PHASE_TIMEOUT_S)
-                phases[name].append(_phase(name, rate, load, timings))
-                return phases[name][-1].missing == 0
+                after = _stack_cpu_s(stack)
+                phase = _phase(name, rate, load, timings)
+                phase.cpu_s = {process: after[process] - spent for process, spent in before.items() if process in after}
+                phase.cpu_s["load_process"] = float(load["cpu_s"])
+                phases[name].append(phase)
+                return phase.missing == 0
 
             _run_load(url, bucket, outcomes_url, items(3, "warmup"), 2.0, timeout_s=30.0)
             for _ in range(repeats):
@@ -462,6 +515,7 @@ def measure(
         details={"sustained_achieved_images_per_s": [round(p.throughput, 2) for p in sustained]},
         digits=2,
     )
+    throughput_figure.details.update(_cpu_ceiling(burst))
     shapes = _compare_stack_shapes(settings, items, repeats=repeats, burst_count=burst_count)
     throughput_figure.details["one_process_side_by_side"] = shapes
     # What one image costs each handler when the stack is not queueing: the input of the cost figures.

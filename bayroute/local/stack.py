@@ -293,6 +293,11 @@ class LocalStack:
             raise RuntimeError("the local stack is not running")
         return self._aws_url
 
+    @property
+    def aws_process_id(self) -> int | None:
+        """The AWS process's pid while it runs; None for the one-process stack."""
+        return None if self._aws_child is None else self._aws_child.pid
+
     def client(self, service: str) -> Any:
         if self.session is None:
             raise RuntimeError("the local stack is not running")
