@@ -16,8 +16,6 @@ model, however cheap, can exceed.
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from bayroute.endpoint_server import ModelServer
 from bayroute.endpoint_workers import ServerWorkers, WorkerOptions, load_onnx_model
 from bayroute.model.onnx_model import OnnxClassifier
 from bayroute.serving import server_model_threads, server_workers
-from bench.figures import Figure, figure
+from bench.figures import Figure, cpu_seconds, figure
 from bench.loadgen import LoadResult, build_requests, run_load
 
 CONCURRENCIES = (1, 8, 16)
@@ -80,26 +78,14 @@ def _workers(
     return ServerWorkers(options, workers, load_model).start()
 
 
-def _cpu_seconds(pids: Sequence[int]) -> float:
-    """User and system CPU seconds of the processes ``pids`` so far (Linux ``/proc``; this process when empty)."""
-    if not pids:
-        return time.process_time()
-    ticks = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])  # utime and stime, the 14th and 15th fields
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
 def _run(
     server: ModelServer | ServerWorkers, requests: Sequence[bytes], concurrency: int, duration_s: float
 ) -> tuple[LoadResult, float]:
     """One load run, and the server's CPU milliseconds per answer."""
     pids = server.pids if isinstance(server, ServerWorkers) else []
-    cpu = _cpu_seconds(pids)
+    cpu = cpu_seconds(pids)
     result = run_load(server.port, requests, concurrency=concurrency, duration_s=duration_s)
-    return result, (_cpu_seconds(pids) - cpu) * 1000.0 / max(1, result.answers)
+    return result, (cpu_seconds(pids) - cpu) * 1000.0 / max(1, result.answers)
 
 
 def measure(

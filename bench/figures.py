@@ -92,6 +92,18 @@ def figure(
     )
 
 
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User and system CPU seconds of the processes ``pids`` so far (Linux ``/proc``; this process when empty)."""
+    if not pids:
+        return time.process_time()
+    ticks = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime and stime, the 14th and 15th fields
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:

@@ -24,7 +24,6 @@ import concurrent.futures
 import functools
 import json
 import multiprocessing
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -36,7 +35,8 @@ import numpy as np
 from bayroute.adapters import endpoint as endpoint_adapter
 from bayroute.config import Settings
 from bayroute.local.stack import LocalStack
-from bench.figures import Figure, figure, percentile
+from bayroute.serving import usable_cores
+from bench.figures import Figure, cpu_seconds, figure, percentile
 
 P50_GOAL_MS = 100.0
 P99_GOAL_MS = 1000.0
@@ -215,13 +215,11 @@ def _put_and_collect(
 
 
 def process_cpu_s(pid: int) -> float | None:
-    """User plus system CPU seconds of another process so far; None once it is gone, or where /proc is not."""
+    """CPU seconds of another process so far; None once it is gone, or where /proc is not."""
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
+        return cpu_seconds([pid])
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
 
 
 def _run_load(
@@ -415,7 +413,7 @@ def _cpu_ceiling(bursts: Sequence[Phase]) -> dict[str, Any]:
     }
     if not per_image:
         return {}
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     return {
         "burst_cpu_ms_per_image": {name: round(ms, 1) for name, ms in per_image.items()},
         "cpu_ceiling_images_per_s": round(cores * 1000.0 / sum(per_image.values()), 1),
