@@ -710,18 +710,20 @@ def _send_in_process(request: AWSPreparedRequest, **_: Any) -> AWSResponse | Non
 
 
 def _send_signed_in_process(request: signed_s3.SignedRequest) -> signed_s3.Reply | None:
-    """The same for infer's signed S3 client (``bayroute.adapters.signed_s3``), which does without botocore."""
+    """The same for the functions' signed S3 client (``bayroute.adapters.signed_s3``), which does without botocore."""
     app = _app_for(request.url)
     if app is None:
         return None
     status, headers, content = call_app(app, wsgi_environ(request, request.body))
+    if request.method == "HEAD":
+        content = b""
     return signed_s3.Reply(status, {name.lower(): value for name, value in headers}, content)
 
 
 def _install_transport() -> None:
     """Every botocore session created from now on asks ``_send_in_process`` before it sends (as moto's own
-    in-process mock hooks in), and so does boto3's default session if it exists already; infer's signed S3
-    client asks ``_send_signed_in_process``."""
+    in-process mock hooks in), and so does boto3's default session if it exists already; the functions' signed
+    S3 client asks ``_send_signed_in_process``."""
     BUILTIN_HANDLERS.append(("before-send", _send_in_process))
     signed_s3.IN_PROCESS_SENDERS.append(_send_signed_in_process)
     import boto3

@@ -12,9 +12,8 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from bayroute.adapters.aws import DeferredClient, ObjectStore, aws_client, per_environment
+from bayroute.adapters.aws import ObjectStore, per_environment, s3_client
 from bayroute.adapters.endpoint import endpoint_from_settings
-from bayroute.adapters.signed_s3 import signed_s3_from_environment
 from bayroute.capture import CaptureWriter
 from bayroute.config import load_settings
 from bayroute.errors import WorkflowError
@@ -31,24 +30,19 @@ metrics = Metrics(namespace="bayroute", service=SERVICE)
 def infer() -> Infer:
     settings = load_settings()
     names = settings.names
+    # The capture write is the one S3 call on the way to the first answer: signed where the environment allows,
+    # it needs no botocore client (about 0.4 s of a cold start).
+    s3 = s3_client()
     # A SageMaker endpoint captures every inference itself (its DataCaptureConfig): a second record here
     # would make the monitor count each inference twice.
     capture = (
         None
         if settings.inference_backend == "sagemaker"
         else CaptureWriter(
-            # The capture write is the one S3 call on the way to the first answer: signed here where the
-            # environment allows, it needs no botocore client (about 0.4 s of a cold start).
-            signed_s3_from_environment() or aws_client("s3"),
-            names.capture_bucket,
-            settings.prefixes.capture,
-            names.endpoint_name,
-            names.endpoint_variant,
+            s3, names.capture_bucket, settings.prefixes.capture, names.endpoint_name, names.endpoint_variant
         )
     )
-    return Infer(
-        settings, endpoint=endpoint_from_settings(settings), staging=ObjectStore(DeferredClient("s3")), capture=capture
-    )
+    return Infer(settings, endpoint=endpoint_from_settings(settings), staging=ObjectStore(s3), capture=capture)
 
 
 @logger.inject_lambda_context

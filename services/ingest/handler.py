@@ -25,6 +25,7 @@ from bayroute.adapters.aws import (
     aws_client,
     idempotency_store,
     per_environment,
+    s3_client,
 )
 from bayroute.config import load_settings
 from bayroute.errors import InvalidEvent
@@ -49,7 +50,7 @@ def ingest() -> Ingest:
     settings = load_settings()
     return Ingest(
         settings,
-        inbox=ObjectStore(aws_client("s3")),
+        inbox=ObjectStore(s3_client()),
         dead_letters=DeadLetterQueue(aws_client("sqs"), settings.names.dead_letter_queue),
         events=EventPublisher(aws_client("events"), bus=settings.names.event_bus, source=settings.events.source),
         workflows=WorkflowStarter(aws_client("stepfunctions"), settings.names.state_machine),

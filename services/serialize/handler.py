@@ -11,7 +11,7 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from bayroute.adapters.aws import ObjectStore, aws_client, per_environment
+from bayroute.adapters.aws import ObjectStore, per_environment, s3_client
 from bayroute.config import load_settings
 from bayroute.errors import WorkflowError
 from bayroute.steps.serialize import Serialize
@@ -25,7 +25,7 @@ metrics = Metrics(namespace="bayroute", service=SERVICE)
 
 @per_environment
 def serialize() -> Serialize:
-    store = ObjectStore(aws_client("s3"))
+    store = ObjectStore(s3_client())
     return Serialize(load_settings(), inbox=store, staging=store)
 
 

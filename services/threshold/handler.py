@@ -11,7 +11,7 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from bayroute.adapters.aws import EventPublisher, ObjectStore, aws_client, per_environment
+from bayroute.adapters.aws import EventPublisher, ObjectStore, aws_client, per_environment, s3_client
 from bayroute.config import load_settings
 from bayroute.errors import WorkflowError
 from bayroute.steps.threshold import Threshold
@@ -27,7 +27,7 @@ metrics = Metrics(namespace="bayroute", service=SERVICE)
 def threshold() -> Threshold:
     settings = load_settings()
     events = EventPublisher(aws_client("events"), bus=settings.names.event_bus, source=settings.events.source)
-    return Threshold(settings, results=ObjectStore(aws_client("s3")), events=events)
+    return Threshold(settings, results=ObjectStore(s3_client()), events=events)
 
 
 @logger.inject_lambda_context

@@ -110,7 +110,8 @@ class RawServer:
                 return
             self.connections += 1
             self._accepted.append(connection)
-            with connection:
+            # A client that closes with an answer unread resets the connection: the next one is served all the same.
+            with connection, contextlib.suppress(ConnectionResetError):
                 while self._read_request(connection) and self._reply(connection):
                     pass
 

@@ -55,6 +55,32 @@ def test_the_signature_is_the_one_botocore_computes_for_the_same_request(
     assert ours["host"] == url.split("/")[2]
 
 
+@pytest.mark.parametrize(
+    ("method", "version_id", "headers"),
+    [
+        ("GET", None, {"If-Match": '"0123abcd"'}),
+        ("GET", "3/L4kqtJlcpXroDTDmJ+rmSpXd3dIbrHY+MTRCxf3vjVBH40Nr8X8gdRQBpUMLUo", {"Range": "bytes=0-15"}),
+        ("GET", "null", {"If-Match": '"e"', "Range": "bytes=0-0"}),
+        ("HEAD", "v~1 é", {}),
+        ("PUT", None, {"Content-Type": "application/json", "If-None-Match": "*"}),
+    ],
+)
+def test_reads_and_conditional_writes_are_signed_as_botocore_signs_them(
+    method: str, version_id: str | None, headers: dict[str, str]
+) -> None:
+    credentials = Credentials("AKIDEXAMPLE", SECRET, "FwoG/token+=")
+    url = SignedS3Client(credentials, "eu-west-1").object_url("bayroute-inbox", "in box/é.png", version_id)
+    body = b"{}" if method == "PUT" else b""
+    ours = sign(method, url, headers, body, credentials, "eu-west-1", WHEN)
+
+    theirs = AWSRequest(method, url, data=body, headers=headers)
+    with mock.patch("botocore.auth.get_current_datetime", return_value=WHEN.replace(tzinfo=None)):
+        S3SigV4Auth(BotocoreCredentials("AKIDEXAMPLE", SECRET, "FwoG/token+="), "s3", "eu-west-1").add_auth(theirs)
+
+    assert ours["authorization"] == theirs.headers["Authorization"]
+    assert ("?versionId=" in url) == (version_id is not None)
+
+
 def test_any_part_of_the_request_changes_the_signature() -> None:
     credentials = Credentials("AKIDEXAMPLE", SECRET)
     url = "https://b.s3.us-east-1.amazonaws.com/k"
@@ -263,7 +289,7 @@ def test_connection_errors_are_retried_then_raised_as_botocores(
     client = client_with(monkeypatch, FakeS3(), sleeps)
     attempts: list[SignedRequest] = []
 
-    def unreachable(request: SignedRequest) -> Reply:
+    def unreachable(request: SignedRequest, *, stream: bool = False) -> Reply:
         attempts.append(request)
         raise EndpointConnectionError(endpoint_url=request.url)
 
