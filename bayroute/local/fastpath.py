@@ -2,8 +2,8 @@
 
 The local stack runs the workflow on moto 5.2.5, whose hot path redoes fixed work on every request or
 execution. Measured on 2 cores with the real workflow, that work dominated each image's journey. ``apply()``
-patches eleven places, each a cache or a cheaper way to something moto recomputes on every call, and the
-stack serves moto's services through a twelfth:
+patches twelve places (1 to 11 and 13), each a cache or a cheaper way to something moto recomputes on every
+call, and the stack serves moto's services through another (12):
 
 1. ``DomainDispatcherApplication.get_backend_for_host`` (every API request, under one global lock): lists
    moto's package folder with a ``stat`` per entry, then tries every backend URL pattern. The answer depends
@@ -61,6 +61,12 @@ stack serves moto's services through a twelfth:
    same view, request class, response class and CORS header) without Flask's request context, session and
    after-request hooks: a fifth of the time moto spent per call, measured side by side on the stack's call mix.
    Requests from browsers (an ``Origin`` or ``OPTIONS``), unmatched URLs and moto's admin API keep Flask.
+
+13. ``ExecutionState._evaluate_with_timeout`` (every Task state, three per image): evaluates the state in a
+   thread started for it, which signals an event, so that the execution's thread can give up waiting after the
+   state's timeout. For a state with moto's default timeout (over three years: the definition sets none), the
+   state is evaluated in the execution's thread, with the same steps in the same order. A state with a timeout or
+   a heartbeat keeps moto's thread.
 
 And ``serve_in_process(url, app, functions)`` short-circuits the transport: a botocore request from this process to the
 local stack's own URL (``http://127.0.0.1:PORT``, or ``http://localhost:PORT`` as the interpreter calls it) is
@@ -399,6 +405,54 @@ def _attributes_without_counts_while_sending(original: property) -> property:
     return property(_patched(attributes))
 
 
+# -- 13. a Task state without a timeout, evaluated in its execution's own thread ------------------------------
+
+
+def _evaluate_inline_without_timeout(
+    original: Callable[[Any, Any], None], timeout_seconds_type: Any
+) -> Callable[[Any, Any], None]:
+    """``ExecutionState._evaluate_with_timeout``, in the calling thread for a state whose timeout is moto's
+    default (``TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS``, over three years: no timeout in the definition and no
+    heartbeat), with the same steps as moto's in the same order; moto's own, with its thread, for every other
+    state."""
+    unbounded = timeout_seconds_type.DEFAULT_TIMEOUT_SECONDS
+
+    @functools.wraps(original)
+    def _evaluate_with_timeout(self: Any, env: Any) -> None:
+        timeout = self.timeout
+        if type(timeout) is not timeout_seconds_type or timeout.timeout_seconds != unbounded:
+            return original(self, env)
+        timeout.eval(env=env)
+        env.stack.pop()
+        frame = env.open_frame()
+        frame.states.reset(input_value=env.states.get_input())
+        frame.stack = copy.deepcopy(env.stack)
+        failure: Exception | None = None
+        try:
+            self._eval_execution(frame)
+        except Exception as error:  # moto's worker thread keeps it for the caller, which raises it after closing
+            failure = error
+        frame.set_ended()
+        env.close_frame(frame)
+        if failure is not None:
+            raise failure
+        execution_output = frame.stack[-1]
+        env.stack.append(execution_output)
+        if not self._is_language_query_jsonpath():
+            env.states.set_result(execution_output)
+        if self.assign_decl:
+            self.assign_decl.eval(env=env)
+        if self.result_selector:
+            self.result_selector.eval(env=env)
+        if self.result_path:
+            self.result_path.eval(env)
+        else:
+            env.states.reset(input_value=env.stack.pop())
+        return None
+
+    return _patched(_evaluate_with_timeout)
+
+
 def apply_to_services() -> None:
     """Install the patches of moto's service backends and its server, 1, 5 to 9 and 11 (once per process): all that
     the stack's AWS process, which runs no Step Functions, needs."""
@@ -425,13 +479,16 @@ def _apply_to_services() -> None:
 
 
 def apply() -> None:
-    """Install the eleven patches and the in-process transport hook (once per process)."""
+    """Install the patches (all but 12, which ``moto_application`` builds) and the in-process transport hook (once
+    per process)."""
     global _interpreter_patched
     with _lock:
         _apply_to_services()
         if _interpreter_patched:
             return
         from moto.stepfunctions.parser.asl.component.common.path import result_path
+        from moto.stepfunctions.parser.asl.component.common.timeouts.timeout import TimeoutSeconds
+        from moto.stepfunctions.parser.asl.component.state.exec.execute_state import ExecutionState
         from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
         from moto.stepfunctions.parser.asl.utils import boto_client, json_path
         from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
@@ -450,6 +507,9 @@ def apply() -> None:
         )
         lambda_eval_utils._invoke_lambda_function = _direct_lambda_invoke(
             lambda_eval_utils._invoke_lambda_function, lambda_eval_utils
+        )
+        ExecutionState._evaluate_with_timeout = _evaluate_inline_without_timeout(  # type: ignore[method-assign,assignment]
+            ExecutionState._evaluate_with_timeout, TimeoutSeconds
         )
         _install_transport()
         _interpreter_patched = True

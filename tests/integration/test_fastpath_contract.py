@@ -31,7 +31,9 @@ from moto.sqs.models import Queue, SQSBackend, sqs_backends
 from moto.sqs.responses import SQSResponse
 from moto.stepfunctions import parser as sfn_parser
 from moto.stepfunctions.parser.asl.component.common.path import result_path
+from moto.stepfunctions.parser.asl.component.common.timeouts.timeout import TimeoutSeconds
 from moto.stepfunctions.parser.asl.component.eval_component import EvalComponent
+from moto.stepfunctions.parser.asl.component.state.exec.execute_state import ExecutionState
 from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
 from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
 from moto.stepfunctions.parser.asl.utils import boto_client, json_path
@@ -47,6 +49,25 @@ from bayroute.local.stack import run_state_machines
 REGION = "us-east-1"
 # Headers that differ between any two botocore calls (request ids, signing time).
 VOLATILE = {"HTTP_AUTHORIZATION", "HTTP_X_AMZ_DATE", "HTTP_AMZ_SDK_INVOCATION_ID", "HTTP_AMZ_SDK_REQUEST"}
+# moto's ExecutionState._evaluate_with_timeout from its output on (patch 13 repeats these steps).
+MOTO_STEPS_AFTER_THE_STATE = """
+        env.stack.append(execution_output)
+
+        if not self._is_language_query_jsonpath():
+            env.states.set_result(execution_output)
+
+        if self.assign_decl:
+            self.assign_decl.eval(env=env)
+
+        if self.result_selector:
+            self.result_selector.eval(env=env)
+
+        if self.result_path:
+            self.result_path.eval(env)
+        else:
+            res = env.stack.pop()
+            env.states.reset(input_value=res)
+"""
 
 
 def _client(service: str, url: str) -> Any:
@@ -137,6 +158,14 @@ def test_every_patched_place_is_still_where_moto_keeps_it() -> None:
     assert "_invoke_lambda_function(\n            parameters=parameters" in inspect.getsource(
         lambda_eval_utils.execute_lambda_function_integration
     )
+    # 13: the steps after moto's thread has run the state, which the inline evaluation repeats.
+    evaluate = ExecutionState._evaluate_with_timeout
+    assert getattr(evaluate, "__bayroute_fastpath__", False)
+    moto_steps = inspect.getsource(evaluate.__wrapped__)  # type: ignore[attr-defined]
+    assert "thread = Thread(target=_exec_and_notify, daemon=True)" in moto_steps
+    assert "frame.stack = copy.deepcopy(env.stack)" in moto_steps
+    assert moto_steps.split("execution_output = execution_outputs.pop()", 1)[1] == MOTO_STEPS_AFTER_THE_STATE
+    assert TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS == 99999999
 
 
 def test_error_answers_keep_their_codes_with_the_error_table_cached() -> None:
@@ -346,6 +375,8 @@ def moto_app(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, dict[str, L
     functions = {
         "double": LocalFunction("double", lambda event, _ctx: {"value": event["value"] * 2}),
         "refuse": LocalFunction("refuse", _refuse),
+        "thread": LocalFunction("thread", _double_and_name_the_thread),
+        "slow": LocalFunction("slow", lambda event, _ctx: time.sleep(1.5) or event),
     }
     app = LambdaInvokeMiddleware(fastpath.moto_application(), functions)
     with _Served(app) as served:
@@ -361,6 +392,12 @@ class NotAVehicle(ValueError):
 
 def _refuse(event: dict[str, Any], _context: Any) -> dict[str, Any]:
     raise NotAVehicle(f"no vehicle in {event['key']}")
+
+
+def _double_and_name_the_thread(event: dict[str, Any], _context: Any) -> dict[str, Any]:
+    if event["value"] < 0:
+        raise NotAVehicle(f"no vehicle worth {event['value']}")
+    return {"value": event["value"] * 2, "thread": threading.current_thread().name}  # names are never reused
 
 
 def test_s3_and_sqs_answer_the_same_in_process_as_over_the_socket(moto_app: tuple[str, Any]) -> None:
@@ -509,3 +546,63 @@ def test_a_shared_program_has_every_heap_key_drawn_before_executions_use_it() ->
     keys = {id(c): vars(c).get("_EvalComponent__heap_key") for c in every}
     assert all(keys.values()), [type(c).__name__ for c in every if not keys[id(c)]]
     assert all(c.heap_key == keys[id(c)] for c in every)
+
+
+def _task(function: str, value_path: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "Type": "Task",
+        "Resource": "arn:aws:states:::lambda:invoke",
+        "Parameters": {"FunctionName": function_arn(function), "Payload": {"value.$": value_path}},
+        **fields,
+    }
+
+
+def test_tasks_without_a_timeout_run_in_their_executions_thread_and_end_as_in_their_own(
+    moto_app: tuple[str, dict[str, LocalFunction]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, _ = moto_app
+    run_state_machines(url, enabled=True)
+    selector = {"value.$": "$.Payload.value", "thread.$": "$.Payload.thread"}
+    definition = {
+        "StartAt": "First",
+        "States": {
+            "First": _task("thread", "$.value", ResultSelector=selector, ResultPath="$.first", Next="Second"),
+            "Second": _task("thread", "$.first.value", ResultSelector=selector, ResultPath="$.second", End=True),
+        },
+    }
+    sfn = _client("stepfunctions", url)
+    machine = sfn.create_state_machine(
+        name="fastpath-inline", definition=json.dumps(definition), roleArn="arn:aws:iam::123456789012:role/r"
+    )["stateMachineArn"]
+
+    def run(tag: str) -> tuple[list[Any], set[str]]:
+        """What each execution ended with (the threads left out), and the threads of the succeeded one."""
+        ended, threads = [], set()
+        for name, value in (("ok", 3), ("refused", -1)):
+            described = _finished(sfn, machine, f"{tag}-{name}", {"value": value})
+            output = json.loads(described.get("output") or "null")
+            if output is not None:
+                threads = {output["first"].pop("thread"), output["second"].pop("thread")}
+            ended.append([described["status"], output, described.get("error"), described.get("cause")])
+        return ended, threads
+
+    inline, inline_threads = run("inline")
+    monkeypatch.setattr(ExecutionState, "_evaluate_with_timeout", ExecutionState._evaluate_with_timeout.__wrapped__)  # type: ignore[attr-defined]
+    threaded, threaded_threads = run("threaded")
+    assert inline == threaded
+    assert inline[0][:2] == ["SUCCEEDED", {"value": 3, "first": {"value": 6}, "second": {"value": 12}}]
+    assert inline[1][:3] == ["FAILED", None, "NotAVehicle"]
+    assert len(inline_threads) == 1  # both states in the execution's own thread
+    assert len(threaded_threads) == 2  # moto's: a thread per state
+
+
+def test_a_task_with_a_timeout_still_times_out(moto_app: tuple[str, dict[str, LocalFunction]]) -> None:
+    url, _ = moto_app
+    run_state_machines(url, enabled=True)
+    definition = {"StartAt": "Slow", "States": {"Slow": _task("slow", "$.value", TimeoutSeconds=1, End=True)}}
+    sfn = _client("stepfunctions", url)
+    machine = sfn.create_state_machine(
+        name="fastpath-timeout", definition=json.dumps(definition), roleArn="arn:aws:iam::123456789012:role/r"
+    )["stateMachineArn"]
+    described = _finished(sfn, machine, "slow", {"value": 1})
+    assert (described["status"], described["error"]) == ("FAILED", "States.Timeout")

@@ -154,7 +154,7 @@ BODY = bytes(range(256)) * 64  # 16 KiB: more than the reader below takes
 
 
 def answer_a_body(connection: socket.socket) -> bool:
-    connection.sendall(b"HTTP/1.1 200 OK\r\nETag: \"e\"\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY)
+    connection.sendall(b'HTTP/1.1 200 OK\r\nETag: "e"\r\nContent-Length: %d\r\n\r\n' % len(BODY) + BODY)
     return True
 
 
