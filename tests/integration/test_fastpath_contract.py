@@ -8,6 +8,7 @@ import importlib
 import inspect
 import json
 import pkgutil
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +24,8 @@ from moto.core import errors
 from moto.core import responses as moto_responses
 from moto.core.errors import ErrorLookupFactory
 from moto.core.utils import convert_to_flask_response, get_service_model
+from moto.dynamodb.comparisons import ConditionExpressionParser, get_filter_expression
+from moto.dynamodb.models.dynamo_type import Item
 from moto.dynamodb.parsing import validators as dynamodb_validators
 from moto.dynamodb.parsing.expressions import UpdateExpressionParser
 from moto.events.utils import EventTemplateParser
@@ -158,6 +161,14 @@ def test_every_patched_place_is_still_where_moto_keeps_it() -> None:
     assert "_invoke_lambda_function(\n            parameters=parameters" in inspect.getsource(
         lambda_eval_utils.execute_lambda_function_integration
     )
+    # 14: the condition's tokens come from its text alone, as named tuples.
+    lexing = ConditionExpressionParser._lex_condition_expression
+    assert getattr(lexing, "__bayroute_fastpath__", False)
+    assert "remaining_expression = self.condition_expression" in inspect.getsource(lexing.__wrapped__)  # type: ignore[attr-defined]
+    read_of_the_parser = set(re.findall(r"self\.(\w+)", inspect.getsource(ConditionExpressionParser._lex_one_node)))
+    assert read_of_the_parser == {"Nonterminal", "Kind", "Node"}
+    assert issubclass(ConditionExpressionParser.Node, tuple)
+    assert "nodes = self._lex_condition_expression()" in inspect.getsource(ConditionExpressionParser.parse)
     # 13: the steps after moto's thread has run the state, which the inline evaluation repeats.
     evaluate = ExecutionState._evaluate_with_timeout
     assert getattr(evaluate, "__bayroute_fastpath__", False)
@@ -606,3 +617,52 @@ def test_a_task_with_a_timeout_still_times_out(moto_app: tuple[str, dict[str, Lo
     )["stateMachineArn"]
     described = _finished(sfn, machine, "slow", {"value": 1})
     assert (described["status"], described["error"]) == ("FAILED", "States.Timeout")
+
+
+CONDITIONS = [
+    ("attribute_not_exists(#id) OR #expiry < :now", {"#id": "id", "#expiry": "expiration"}, {":now": {"N": "50"}}),
+    ("attribute_not_exists(#id) OR #expiry < :now", {"#id": "id", "#expiry": "expiration"}, {":now": {"N": "500"}}),
+    (
+        "#status = :done AND size(#tags) BETWEEN :low AND :high",
+        {"#status": "status", "#tags": "tags"},
+        {":done": {"S": "COMPLETED"}, ":low": {"N": "1"}, ":high": {"N": "2"}},
+    ),
+    (
+        "(#status IN (:a, :b)) AND NOT begins_with(#id, :prefix)",
+        {"#status": "status", "#id": "id"},
+        {":a": {"S": "INPROGRESS"}, ":b": {"S": "COMPLETED"}, ":prefix": {"S": "x"}},
+    ),
+]
+ITEMS = [
+    {"id": {"S": "k1"}, "expiration": {"N": "100"}, "status": {"S": "COMPLETED"}, "tags": {"SS": ["a"]}},
+    {"id": {"S": "x2"}, "expiration": {"N": "10"}, "status": {"S": "INPROGRESS"}, "tags": {"SS": ["a", "b", "c"]}},
+]
+
+
+def test_a_condition_is_lexed_once_per_text_and_judges_items_as_moto_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    items = [Item({"S": str(item["id"]["S"])}, None, item) for item in ITEMS]  # type: ignore[arg-type]
+
+    def verdicts() -> list[list[bool]]:
+        return [
+            [get_filter_expression(text, names, values).expr(item) for item in items]
+            for text, names, values in CONDITIONS
+        ]
+
+    original = ConditionExpressionParser._lex_condition_expression.__wrapped__  # type: ignore[attr-defined]
+    lexed: list[str] = []
+
+    def counted(self: ConditionExpressionParser) -> Any:
+        lexed.append(self.condition_expression)
+        return original(self)
+
+    monkeypatch.setattr(
+        ConditionExpressionParser, "_lex_condition_expression", fastpath._cached_condition_tokens(counted)
+    )
+    cached = [verdicts(), verdicts()]
+    assert sorted(set(lexed)) == sorted(lexed)  # each text lexed once, whatever its names and values
+    assert len(lexed) == 3
+    monkeypatch.setattr(ConditionExpressionParser, "_lex_condition_expression", original)
+    assert cached == [verdicts(), verdicts()]
+    assert cached[0] == [[False, True], [True, True], [True, False], [True, False]]
+    with pytest.raises(ValueError, match="Cannot parse condition"):  # an unparsable text is never kept
+        get_filter_expression("#a = :b !", {"#a": "a"}, {":b": {"S": "x"}})
