@@ -317,6 +317,7 @@ class SignedS3Client:
         headers = {**request.headers, "content-length": str(len(request.body))}
 
         def release(drained: bool) -> None:
+            """Keep the connection for this thread's next request if its answer was read whole and it stays open."""
             if drained and not response.will_close:
                 pool[origin] = connection
             else:
@@ -335,9 +336,9 @@ class SignedS3Client:
                 connection = self._connect(parts)
                 connection.request(request.method, target, body=request.body, headers=headers)
                 response = connection.getresponse()
+            answer_headers = {name.lower(): value for name, value in response.getheaders()}
             if stream and response.status < 300:
-                headers = {name.lower(): value for name, value in response.getheaders()}
-                return Reply(response.status, headers, b"", ResponseBody(response, request.url, release))
+                return Reply(response.status, answer_headers, b"", ResponseBody(response, request.url, release))
             body = response.read()
         except TimeoutError as exc:
             connection.close()
@@ -345,11 +346,8 @@ class SignedS3Client:
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
             raise ConnectionClosedError(endpoint_url=request.url, error=exc) from exc
-        if response.will_close:
-            connection.close()
-        else:
-            pool[origin] = connection
-        return Reply(response.status, {name.lower(): value for name, value in response.getheaders()}, body)
+        release(drained=True)
+        return Reply(response.status, answer_headers, body)
 
     def _connect(self, parts: urllib.parse.SplitResult) -> http.client.HTTPConnection:
         host, port = parts.hostname or "", parts.port
