@@ -194,7 +194,7 @@ def raw_sqs_record(body: str, *, queue_arn: str) -> dict[str, Any]:
 
 def moto_answers_signed_requests(request: signed_s3.SignedRequest) -> signed_s3.Reply | None:
     """``mock_aws`` answers botocore's requests only, through botocore's ``before-send`` event: this hands it
-    the requests of infer's signed S3 client too, whole (signature and all), as they would go on the wire."""
+    the requests of the functions' signed S3 client too, whole (signature and all), as they would go on the wire."""
     from botocore.awsrequest import AWSPreparedRequest, HTTPHeaders
     from moto.core.models import botocore_stubber
 

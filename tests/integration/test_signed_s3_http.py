@@ -1,4 +1,4 @@
-"""infer's signed S3 client over real HTTP: against moto's server, against servers that drop or stall
+"""The functions' signed S3 client over real HTTP: against moto's server, against servers that drop or stall
 connections, and in a fresh process where infer answers its first request without botocore's client."""
 
 from __future__ import annotations

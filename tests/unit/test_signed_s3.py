@@ -1,4 +1,4 @@
-"""infer's signed S3 PutObject (``bayroute.adapters.signed_s3``): its signature is botocore's, and it chooses,
+"""The functions' signed S3 client (``bayroute.adapters.signed_s3``): its signatures are botocore's, and it chooses,
 addresses, fails and retries as botocore's client would. No network: a fake sender answers."""
 
 from __future__ import annotations
