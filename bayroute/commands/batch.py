@@ -1,7 +1,7 @@
 """``bayroute batch score DIR|s3://bucket/prefix --out results.jsonl``: score a whole folder or bucket prefix.
 
-Images are read, decoded (exactly as the workflow decodes uploads) and run through the model in batches of
-``--batch-size`` by ``--workers`` processes, each with its own copy of the model (``bayroute.batch``).
+Images are read, decoded (exactly as the workflow decodes uploads), run through the model and captured in
+batches of ``--batch-size`` by ``--workers`` processes, each with its own copy of the model (``bayroute.batch``).
 ``--out`` gets one JSON line per image, in input order: ``{"image", "labels", "probabilities", "class",
 "confidence", "model_version", "inference_id"}`` or ``{"image", "error", "detail"}``. Capture records in
 SageMaker's format go to ``--capture`` (a folder, default ``capture/`` beside ``--out``, or ``s3://bucket/prefix``)
@@ -23,7 +23,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from bayroute.batch import BatchInputError, CaptureFiles, Target, list_images, score_images
+from bayroute.batch import MODEL_RUN_IMAGES, BatchInputError, CaptureFiles, Target, list_images, score_images
 from bayroute.config import load_settings
 from bayroute.model.onnx_model import ModelFileError, OnnxClassifier
 
@@ -49,7 +49,14 @@ def score_command(
         int | None,
         typer.Option(min=0, help="Decoding processes (0: decode in this process; default: one per core)."),
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per model batch.")] = 64,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            "--batch-size",
+            min=1,
+            help=f"Images per batch: scored by one worker into one capture file (model runs of {MODEL_RUN_IMAGES}).",
+        ),
+    ] = 64,
     capture: Annotated[
         str | None,
         typer.Option(help="Capture records: a folder or s3://bucket/prefix (default: capture/ beside --out)."),

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from bayroute.batch import (
+    MODEL_RUN_IMAGES,
     BatchInputError,
     CaptureFiles,
     DecodeConfig,
@@ -226,6 +227,27 @@ def test_scores_come_out_one_line_per_image_in_input_order_with_errors_in_place(
     assert [json.loads(x).get("inference_id") for x in again.getvalue().splitlines()] == [
         line.get("inference_id") for line in lines
     ]
+
+
+def test_a_batch_bigger_than_a_model_run_is_run_in_pieces_with_each_image_keeping_its_scores(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    count = 2 * MODEL_RUN_IMAGES + 5
+    for index in range(count):  # each image its own red level, so a score in the wrong line shows
+        (images / f"{index:03d}.png").write_bytes(_encode(Image.new("RGB", (SIZE, SIZE), (5 * index, 0, 0)), "PNG"))
+    items = list_images(Target(folder=images))
+    model = RedModel()
+    whole, one_by_one = io.StringIO(), io.StringIO()
+    capture = CaptureFiles(Target(folder=tmp_path / "capture"), "e", "v")
+    summary = score_images(
+        items, lambda: model, SETTINGS, whole, workers=0, batch_size=count, capture=capture, clock=lambda: WHEN
+    )
+    assert model.batches == [MODEL_RUN_IMAGES, MODEL_RUN_IMAGES, 5]
+    assert len(summary.capture_files) == 1  # still one batch: one capture file
+    score_images(items, RedModel, SETTINGS, one_by_one, workers=0, batch_size=1, clock=lambda: WHEN)
+    assert whole.getvalue() == one_by_one.getvalue()
+    lines = [json.loads(line) for line in whole.getvalue().splitlines()]
+    assert [line["probabilities"][0] for line in lines] == pytest.approx([5 * i / 255 for i in range(count)])
 
 
 def test_capture_files_hold_one_sagemaker_record_per_scored_image(tmp_path: Path) -> None:
