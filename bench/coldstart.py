@@ -27,8 +27,6 @@ import compileall
 import contextlib
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -40,7 +38,7 @@ from bayroute.domain import utc_now
 from bayroute.local.lambda_api import REGION
 from bayroute.local.provision import WORKFLOW_DEFINITION
 from bayroute.local.stack import local_aws_environment, reset_moto, run_state_machines
-from bench.figures import Figure, figure
+from bench.figures import Figure, figure, run_module
 
 GOAL_MS = 250.0
 WARM_CALLS = 30
@@ -219,19 +217,7 @@ def _spawn(
 ) -> tuple[float, dict[str, Any]]:
     """Run ``python -m module *args`` fresh; (the wall-clock time just before it was spawned, its last JSON line)."""
     spawned = time.time()
-    done = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        input=stdin,
-        capture_output=True,
-        env=dict(env),
-        cwd=REPO_ROOT,
-        timeout=120,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"{what} failed: {done.stderr.decode(errors='replace')[-2000:]}")
-    report: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
-    return spawned, report
+    return spawned, run_module(module, args, what=what, stdin=stdin, env=env)
 
 
 def _floor(settings: Settings, env: Mapping[str, str], *, botocore: bool = False) -> dict[str, float]:

@@ -12,14 +12,16 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from bayroute.config import REPO_ROOT
 from bayroute.serving import usable_cores
 
 
@@ -90,6 +92,32 @@ def figure(
         reference=reference,
         details=details or {},
     )
+
+
+def run_module(
+    module: str,
+    args: Sequence[str],
+    *,
+    what: str,
+    stdin: bytes = b"",
+    env: Mapping[str, str] | None = None,
+    timeout_s: float = 120.0,
+) -> dict[str, Any]:
+    """Run ``python -m module *args`` in a fresh interpreter, in the repository root; its last stdout line, which
+    must be JSON. Raises ``RuntimeError`` naming ``what`` with the end of its stderr when it fails."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        input=stdin,
+        capture_output=True,
+        env=None if env is None else dict(env),
+        cwd=REPO_ROOT,
+        timeout=timeout_s,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} failed: {done.stderr.decode(errors='replace')[-2000:]}")
+    report: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    return report
 
 
 def cpu_seconds(pids: Sequence[int]) -> float:

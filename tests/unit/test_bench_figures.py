@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.figures import figure, markdown_table, speed_check_ms
+import pytest
+
+from bench.figures import figure, markdown_table, run_module, speed_check_ms
 
 MACHINE: dict[str, Any] = {
     "date": "2026-11-29T04:00:00+00:00",
@@ -33,3 +35,13 @@ def test_without_a_speed_check_the_table_says_nothing_about_speed() -> None:
 
 def test_the_speed_check_times_real_work() -> None:
     assert speed_check_ms() > 0
+
+
+def test_a_module_run_fresh_gives_its_last_line_as_json() -> None:
+    report = run_module("json.tool", ["--compact"], what="json.tool", stdin=b'{"images": [1, 2]}')
+    assert report == {"images": [1, 2]}
+
+
+def test_a_module_that_fails_raises_with_what_it_was_and_its_error() -> None:
+    with pytest.raises(RuntimeError, match=r"(?s)the missing module failed: .*No module named"):
+        run_module("bench.no_such_module", [], what="the missing module")
