@@ -112,7 +112,10 @@ def measure(
         "workers": workers,
         "repeats": repeats,
     }
-    measured = run_module("bench.batch_scoring", [json.dumps(job)], what="the batch scoring measurements")
+    # About 15 s at the speed check's 24 ms; slow spells have measured four times that speed check.
+    measured = run_module(
+        "bench.batch_scoring", [json.dumps(job)], what="the batch scoring measurements", timeout_s=600.0
+    )
     ratios = measured["ratios"]
     larger = measured["larger"]
     entry = figure(
