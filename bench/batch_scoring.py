@@ -23,6 +23,7 @@ limit and command alike, to show how much of the gap is start-up and how much is
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import multiprocessing
@@ -52,8 +53,8 @@ LARGER_REPEATS = 2
 SETTLE_S = 0.1
 
 
-def _decode_all(chunk: Sequence[bytes]) -> bytes:
-    return b"".join(decode_png_payload(data, 32).tobytes() for data in chunk)
+def _decode_all(chunk: Sequence[bytes], size: int) -> bytes:
+    return b"".join(decode_png_payload(data, size).tobytes() for data in chunk)
 
 
 def _limit(
@@ -66,7 +67,7 @@ def _limit(
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         pool.map(abs, range(workers))  # workers started before the clock
         started = time.perf_counter()
-        pixels = b"".join(pool.map(_decode_all, chunks))
+        pixels = b"".join(pool.map(functools.partial(_decode_all, size=size), chunks))
         decode_s = time.perf_counter() - started
     tensors = np.frombuffer(pixels, dtype=np.uint8).reshape(len(datas), size, size, 3)
     inference = []
